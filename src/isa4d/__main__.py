@@ -1,0 +1,3 @@
+from isa4d.cli import main
+
+main()

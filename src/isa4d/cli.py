@@ -1,0 +1,68 @@
+"""The `isa4d` command.
+
+Hydra-driven commands take Hydra overrides after the command name, exactly as a `@hydra.main` script
+would (`-m` for sweeps, `--cfg job` to print the composed config, `--help`):
+
+    isa4d train-vae trainer=gpu data.batch_size=8
+    isa4d train-dit -m experiment=ablation_isa,ablation_no_pe seed=1,2,3
+
+Plain commands use ordinary flags: `isa4d body convert SMPL.pkl SMPL_NEUTRAL.npz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from importlib import import_module
+
+from isa4d import __version__
+from isa4d.config import config_dir
+
+# command -> (root config, "module:function" of the Hydra task, help)
+HYDRA_COMMANDS: dict[str, tuple[str, str | None, str]] = {
+    "train-vae": ("train_vae", "isa4d.train:main", "train the stage-1 causal video VAE"),
+    "train-dit": ("train_dit", "isa4d.train:main", "train the stage-2 ISA-DiT"),
+    "generate": ("generate", None, "generate a video from a reference image, motion and camera"),
+    "prepare": ("prepare", None, "write WebDataset shards from a folder of clips"),
+    "evaluate": ("evaluate", None, "evaluate a checkpoint on the held-out splits"),
+}
+
+
+def _load(spec: str) -> Callable:
+    module, _, name = spec.partition(":")
+    return getattr(import_module(module), name)
+
+
+def run_hydra(command: str, overrides: list[str]) -> None:
+    """Run a Hydra task with `overrides` as its command line."""
+    import hydra
+
+    config_name, task, _ = HYDRA_COMMANDS[command]
+    if task is None:
+        sys.exit(f"isa4d {command}: not implemented in isa4d {__version__} yet (see README, 'Status').")
+    sys.argv = [f"isa4d {command}", *overrides]
+    hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(_load(task))()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isa4d", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"isa4d {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (config_name, _, help_text) in HYDRA_COMMANDS.items():
+        sub.add_parser(name, help=f"{help_text} (Hydra: conf/{config_name}.yaml)", add_help=False)
+    _load("isa4d.body.cli:add_cli")(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in HYDRA_COMMANDS:
+        run_hydra(argv[0], argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

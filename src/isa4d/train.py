@@ -1,0 +1,87 @@
+"""The training entry point shared by both stages: instantiate, fit, optionally test.
+
+Everything is built from the composed config with `hydra.utils.instantiate`, so this file stays the
+same whatever model, data, trainer or logger a config selects.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from isa4d.config import config_dir
+
+log = logging.getLogger(__name__)
+
+
+def _require_target(cfg: DictConfig, key: str) -> None:
+    node = cfg.get(key)
+    if node is None or "_target_" not in node:
+        groups = sorted(p.stem for p in (config_dir() / key).glob("*.yaml"))
+        raise ValueError(
+            f"No `{key}` configured for task {cfg.get('task_name')!r}: select one with `{key}=<name>` "
+            f"(available in conf/{key}/: {groups or 'none yet'}) or an `experiment=` that sets it."
+        )
+
+
+def _instantiate_named(node: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a `{name: config}` group (callbacks, loggers)."""
+    if not node:
+        return []
+    return [instantiate(sub) for sub in node.values() if sub is not None and "_target_" in sub]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and optionally test) the configured model; returns the final logged metrics."""
+    _require_target(cfg, "data")
+    _require_target(cfg, "model")
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist (resume needs a Lightning .ckpt)")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = _instantiate_named(cfg.get("callbacks"))
+    loggers = _instantiate_named(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test", False):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    _report(cfg, trainer)
+    return metrics
+
+
+def _report(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """Say where the run's outputs went."""
+    lines = [f"Run folder: {cfg.paths.output_dir}"]
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+        lines.append(f"Checkpoints: {trainer.checkpoint_callback.dirpath}")
+    lines += [f"Logs ({type(lg).__name__}): {lg.log_dir}" for lg in trainer.loggers if lg.log_dir]
+    print("\n".join(lines))
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Hydra task: returns the metric a sweep optimises (`optimized_metric`), if any."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
+    return metrics[name]

@@ -1,0 +1,106 @@
+"""The shared training entry point, exercised with a toy regression task on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from conftest import compose_for_test, with_toy_task
+from isa4d.train import main, train
+from toy_lightning import ToyDataModule, ToyModule
+
+CPU = ["trainer=cpu", "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
+
+
+def _val_loss(module: ToyModule) -> float:
+    x, y = ToyDataModule().val_set.tensors
+    with torch.no_grad():
+        return torch.nn.functional.mse_loss(module.net(x), y).item()
+
+
+def test_fast_dev_run(tmp_path):
+    cfg = with_toy_task(compose_for_test("train_vae", tmp_path, [*CPU, "debug=fast_dev_run"]))
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "val/loss" in metrics
+
+
+def test_fit_learns_checkpoints_and_resumes(tmp_path):
+    overrides = [*CPU, "trainer.max_steps=40", "callbacks.model_checkpoint.every_n_train_steps=20"]
+    cfg = with_toy_task(compose_for_test("train_dit", tmp_path, overrides))
+    torch.manual_seed(cfg.seed)
+    initial = _val_loss(ToyModule())  # same seed -> same initial weights as the run
+    metrics = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    assert metrics["val/loss"] < 0.1 * initial
+    assert torch.load(last, weights_only=False)["global_step"] == 40
+
+    # Resume continues the step count instead of starting over.
+    with open_dict(cfg):
+        cfg.ckpt_path = str(last)
+        cfg.trainer.max_steps = 60
+        cfg.paths.output_dir = str(tmp_path / "resumed")
+    train(cfg)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 60
+
+
+def test_optimized_metric_is_returned(tmp_path):
+    cfg = with_toy_task(compose_for_test("train_vae", tmp_path, [*CPU, "trainer.max_steps=8"]))
+    with open_dict(cfg):
+        cfg.optimized_metric = "val/loss"
+    assert main(cfg) > 0
+    with open_dict(cfg):
+        cfg.optimized_metric = "val/psnr"
+    with pytest.raises(KeyError, match="was not logged"):
+        main(cfg)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    cfg = compose_for_test("train_vae", tmp_path, CPU)
+    with pytest.raises(ValueError, match=r"No `data` configured .* `data=<name>`"):
+        train(cfg)
+
+
+def test_missing_resume_checkpoint_fails_before_building(tmp_path):
+    cfg = with_toy_task(compose_for_test("train_vae", tmp_path, CPU))
+    with open_dict(cfg):
+        cfg.ckpt_path = str(tmp_path / "nope.ckpt")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        train(cfg)
+
+
+def _isa4d(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "ISA4D_LOGS": str(cwd / "logs")}
+    return subprocess.run(
+        [sys.executable, "-m", "isa4d", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_sweep_writes_one_run_per_job(tmp_path):
+    toy = [
+        "+data={_target_: toy_lightning.ToyDataModule}",
+        "+model={_target_: toy_lightning.ToyModule}",
+        "trainer=cpu",
+        "logger=csv",
+        "trainer.max_steps=3",
+    ]
+    result = _isa4d("train-vae", "-m", *toy, "seed=1,2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "logs" / "train_vae" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    for job in ("0", "1"):
+        assert (sweeps[0] / job / "checkpoints" / "last.ckpt").is_file()
+        assert (sweeps[0] / job / ".hydra" / "config.yaml").is_file()
+
+
+def test_cli_reports_missing_model(tmp_path):
+    result = _isa4d("train-vae", "trainer=cpu", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "No `data` configured" in result.stderr + result.stdout
