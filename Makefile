@@ -5,10 +5,14 @@ SHELL := /bin/bash
 
 PYTHON ?= python3.11
 LOCK := requirements/cpu.lock
-# The environment is keyed by the lock file's content: clones with the same lock share it, and
-# changing the lock builds a new one. Override VENV to put it elsewhere.
+# Dependencies live in a shared environment keyed by the lock file's content: clones with the same
+# lock share it, and changing the lock builds a new one. Each clone then gets a small `.venv` of its
+# own that sees the shared packages and holds this clone's editable install (so two clones never
+# import each other's code).
 LOCK_HASH := $(shell sha256sum $(LOCK) | cut -c1-12)
-VENV ?= $(HOME)/.cache/isa4d/venv-$(LOCK_HASH)
+SHARED_VENV ?= $(HOME)/.cache/isa4d/venv-$(LOCK_HASH)
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
@@ -18,21 +22,25 @@ ARGS ?=
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
-$(VENV)/.isa4d-deps: $(LOCK)
-	@mkdir -p $(dir $(VENV))
-	@echo "Creating $(VENV) from $(LOCK) (once per lock file; ~3 min)"
-	flock $(VENV).lock bash -c '\
-	  set -e; test -f $@ && exit 0; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
-	  $(PY) -m pip install -q --upgrade pip; \
-	  $(PY) -m pip install -q --no-deps -r $(LOCK); \
-	  $(PY) -m pip check; touch $@'
+$(SHARED_VENV)/.isa4d-deps: $(LOCK)
+	@mkdir -p $(dir $(SHARED_VENV))
+	@echo "Creating $(SHARED_VENV) from $(LOCK) (once per lock file; ~3 min)"
+	flock $(SHARED_VENV).lock bash -c '\
+	  set -e; test -f $@ && exit 0; rm -rf $(SHARED_VENV); $(PYTHON) -m venv $(SHARED_VENV); \
+	  $(SHARED_VENV)/bin/python -m pip install -q --no-deps -r $(LOCK) 2> >(grep -v "is ignored" >&2); \
+	  $(SHARED_VENV)/bin/python -m pip check; touch $@'
 
-install: $(VENV)/.isa4d-deps ## create the environment (idempotent) and install this clone into it
-	@if [ "$$($(PY) -c 'import isa4d, pathlib; print(pathlib.Path(isa4d.__file__).parent)' 2>/dev/null)" \
-	     != "$(CURDIR)/src/isa4d" ]; then \
-	  $(PY) -m pip install -q --no-deps --no-build-isolation -e . ; fi
-	@ln -sfn $(VENV) .venv
-	@echo "Environment: $(VENV) (linked as .venv)"
+$(VENV)/.isa4d-$(LOCK_HASH): $(SHARED_VENV)/.isa4d-deps pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv --without-pip $(VENV)
+	echo "import site; site.addsitedir('$(SHARED_VENV)/lib/python$(PY_VERSION)/site-packages')" \
+	  > $(VENV)/lib/python$(PY_VERSION)/site-packages/isa4d_shared_env.pth
+	$(SHARED_VENV)/bin/python -m pip --python $(PY) install -q --no-deps --no-build-isolation -e . \
+	  2> >(grep -v "is ignored" >&2)
+	touch $@
+
+install: $(VENV)/.isa4d-$(LOCK_HASH) ## create the environment (idempotent) and install this clone into it
+	@echo "Environment: $(VENV) (packages from $(SHARED_VENV))"
 
 lock: ## regenerate requirements/cpu.lock from pyproject.toml in a fresh environment
 	rm -rf /tmp/isa4d-lock && $(PYTHON) -m venv /tmp/isa4d-lock
@@ -51,13 +59,13 @@ test-full: install ## every test
 	$(PY) -m pytest $(ARGS)
 
 lint: install ## ruff (code) and hadolint (Dockerfile)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
-	$(VENV)/bin/hadolint docker/Dockerfile
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
+	$(SHARED_VENV)/bin/hadolint docker/Dockerfile
 
 format: install
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(PY) -m ruff format src tests
+	$(PY) -m ruff check --fix src tests
 
 demo: install ## data -> VAE -> DiT -> a generated video (tiny configs, CPU)
 	@echo "make demo: the stage-1/2 models are not implemented yet (README, 'Status'); nothing to run."; exit 2

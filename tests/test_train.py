@@ -15,7 +15,12 @@ from conftest import compose_for_test, with_toy_task
 from isa4d.train import main, train
 from toy_lightning import ToyDataModule, ToyModule
 
-CPU = ["trainer=cpu", "logger=csv", "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
+CPU = [
+    "trainer=cpu",
+    "logger=csv",
+    "callbacks.progress_bar.refresh_rate=0",
+    "trainer.enable_model_summary=false",
+]
 
 
 def _val_loss(module: ToyModule) -> float:

@@ -40,7 +40,8 @@ def run_hydra(command: str, overrides: list[str]) -> None:
 
     config_name, task, _ = HYDRA_COMMANDS[command]
     if task is None:
-        sys.exit(f"isa4d {command}: not implemented in isa4d {__version__} yet (see README, 'Status').")
+        print(f"isa4d {command}: not implemented in isa4d {__version__} yet (README, 'Status').", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [f"isa4d {command}", *overrides]
     hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(_load(task))()
 
