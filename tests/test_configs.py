@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -85,4 +86,7 @@ def test_body_options_point_at_the_loader(tmp_path, monkeypatch):
     monkeypatch.setenv("SMPL_MODEL_PATH", "/models/SMPL_NEUTRAL.npz")
     cfg = compose_for_test("train_dit", tmp_path, ["body=smpl"])
     assert cfg.body.source == "/models/SMPL_NEUTRAL.npz"
-    assert compose_for_test("train_dit", tmp_path).body.source == "procedural"
+    with pytest.raises(InstantiationException, match="SMPL_NEUTRAL.npz"):
+        instantiate(cfg.body)
+    body = instantiate(compose_for_test("train_dit", tmp_path).body)
+    assert body.faces.shape[-1] == 3

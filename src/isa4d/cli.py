@@ -40,7 +40,8 @@ def run_hydra(command: str, overrides: list[str]) -> None:
 
     config_name, task, _ = HYDRA_COMMANDS[command]
     if task is None:
-        print(f"isa4d {command}: not implemented in isa4d {__version__} yet (README, 'Status').", file=sys.stderr)
+        message = f"isa4d {command}: not implemented in isa4d {__version__} yet (README, 'Status')."
+        print(message, file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"isa4d {command}", *overrides]
     hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(_load(task))()
