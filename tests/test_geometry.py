@@ -421,3 +421,13 @@ SKEW = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_handheld_preset_is_a_shaken_static_camera():
+    R0, t0 = g.static(20, distance=2.0, dtype=F64)
+    R, t = g.make_trajectory("handheld", 20, seed=3, distance=2.0, dtype=F64)
+    R_ref, t_ref = g.handheld(R0, t0, seed=3)
+    torch.testing.assert_close(R, R_ref)
+    torch.testing.assert_close(t, t_ref)
+    shift = (eyes(R, t) - eyes(R0, t0)).norm(dim=-1)
+    assert 0 < shift.max() < 0.02  # centimetre-scale shake around the static camera

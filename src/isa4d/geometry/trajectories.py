@@ -221,11 +221,17 @@ def handheld(
     return R_new, -(R_new @ center.unsqueeze(-1)).squeeze(-1)
 
 
+def handheld_static(num_frames: int, seed: int = 0, **kwargs) -> Extrinsics:
+    """A `static` camera held by hand: `static(num_frames, **kwargs)` with `handheld` shake (`seed`)."""
+    return handheld(*static(num_frames, **kwargs), seed=seed)
+
+
 TRAJECTORIES: dict[str, Callable[..., Extrinsics]] = {
     "static": static,
     "orbit": orbit,
     "dolly": dolly,
     "pan": pan,
+    "handheld": handheld_static,
 }
 """Trajectory builders by name, for `make_trajectory`."""
 
@@ -234,7 +240,7 @@ def make_trajectory(name: str, num_frames: int, handheld_shake: dict | None = No
     """Build a named trajectory, optionally with hand-held shake.
 
     Args:
-        name: One of `TRAJECTORIES` ("static", "orbit", "dolly", "pan").
+        name: One of `TRAJECTORIES` ("static", "orbit", "dolly", "pan", "handheld").
         num_frames: Number of frames T.
         handheld_shake: Keyword arguments of `handheld` (e.g. `{"seed": 3}`) to add shake; None for none.
         **kwargs: Keyword arguments of the named trajectory function.
