@@ -24,7 +24,7 @@ HYDRA_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "train-vae": ("train_vae", "isa4d.train:main", "train the stage-1 causal video VAE"),
     "train-dit": ("train_dit", "isa4d.train:main", "train the stage-2 ISA-DiT"),
     "generate": ("generate", None, "generate a video from a reference image, motion and camera"),
-    "prepare": ("prepare", None, "write WebDataset shards from a folder of clips"),
+    "prepare": ("prepare", "isa4d.data.prepare:main", "write WebDataset shards from a folder of clips"),
     "evaluate": ("evaluate", None, "evaluate a checkpoint on the held-out splits"),
 }
 
