@@ -28,7 +28,6 @@ from isa4d.body import (
     SurfaceSampler,
     convert_smpl_pickle,
     descendants,
-    file_sha256,
     generate_procedural_body,
     load_body_model,
     procedural_body_data,
@@ -36,6 +35,7 @@ from isa4d.body import (
     write_procedural_npz,
 )
 from isa4d.body.cli import add_cli
+from isa4d.utils.files import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +368,7 @@ def test_cli_writes_and_converts(tmp_path, smpl_pickle, capsys, body):
         assert capsys.readouterr().out.startswith(f"wrote {destination}: {body.num_vertices} vertices")
         torch.testing.assert_close(load_body_model(destination).v_template, body.v_template, rtol=0, atol=0)
     args = parser.parse_args(
-        ["body", "convert", str(smpl_pickle), str(tmp_path / "bad.npz"), "--sha256", "00"]
+        ["body", "convert", str(smpl_pickle), str(tmp_path / "bad.npz"), "--sha256", "0" * 64]
     )
     with pytest.raises(SystemExit, match="SHA-256 mismatch"):
         args.func(args)

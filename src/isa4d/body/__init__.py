@@ -4,7 +4,7 @@ World frame: y up, metres; SMPL's 24 joints, joint order and kinematic tree; at 
 stands in a T-pose facing +z with its left side on +x. See docs/body.md.
 """
 
-from isa4d.body.convert import convert_smpl_pickle, file_sha256, load_smpl_pickle
+from isa4d.body.convert import convert_smpl_pickle, load_smpl_pickle
 from isa4d.body.model import (
     PROCEDURAL,
     SMPL_NPZ_NAME,
@@ -39,7 +39,6 @@ __all__ = [
     "canonical_body_arrays",
     "convert_smpl_pickle",
     "descendants",
-    "file_sha256",
     "generate_procedural_body",
     "load_body_model",
     "load_body_npz",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import builtins
 import codecs
 import copyreg
-import hashlib
 import importlib
 import pickle
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ import numpy as np
 import scipy.sparse
 
 from isa4d.body.storage import SMPL_KEYS, save_body_npz
+from isa4d.utils.files import verify_sha256
 
 _SPARSE_CLASSES = frozenset({"csc_matrix", "csr_matrix", "coo_matrix"})
 _BUILTINS = frozenset({"set", "frozenset", "object"})
@@ -104,15 +104,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_smpl_pickle(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]:
     """Read the SMPL arrays of an SMPL model pickle safely.
 
@@ -129,9 +120,7 @@ def load_smpl_pickle(path: str | Path, expected_sha256: str | None = None) -> di
         pickle.UnpicklingError: if the pickle references a global that is not allowed, or is not a dict.
     """
     if expected_sha256 is not None:
-        actual = file_sha256(path)
-        if actual != expected_sha256.strip().lower():
-            raise ValueError(f"SHA-256 mismatch for {path}: expected {expected_sha256}, got {actual}")
+        verify_sha256(path, expected_sha256)
     with open(path, "rb") as file:
         content = _RestrictedUnpickler(file, encoding="latin1").load()
     if not isinstance(content, Mapping):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse
+
+from isa4d.utils.files import atomic_write
 
 SMPL_KEYS: tuple[str, ...] = (
     "v_template",
@@ -85,17 +85,8 @@ def save_body_npz(data: Mapping[str, Any], path: str | Path) -> Path:
     """
     path = Path(path)
     arrays = canonical_body_arrays(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            np.savez_compressed(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        np.savez_compressed(file, **arrays)
     return path
 
 

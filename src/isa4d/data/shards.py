@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from isa4d.data.format import NAME_PATTERN, SCHEMA_VERSION, Clip, encode_sample
 from isa4d.data.video_io import DEFAULT_CRF, DEFAULT_PRESET
+from isa4d.utils.files import write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -73,12 +74,6 @@ def shard_paths(data_dir: str | Path, split: str) -> list[Path]:
     if split not in splits:
         raise KeyError(f"{data_dir}/{MANIFEST} has no split {split!r} (it has {sorted(splits)})")
     return [Path(data_dir) / shard["name"] for shard in splits[split]["shards"]]
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 class _SplitStats:
@@ -193,5 +188,5 @@ def write_shards(
             temporary.unlink(missing_ok=True)
         raise
     manifest["splits"][split] = stats.entry(shards)
-    _write_json_atomic(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     return manifest
