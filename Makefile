@@ -16,6 +16,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
+
 .PHONY: help install lock test test-full test-slow lint format demo data train-vae train-dit generate \
 	evaluate bench docker-build clean
 
@@ -70,8 +71,22 @@ format: install
 demo: install ## data -> VAE -> DiT -> a generated video (tiny configs, CPU)
 	@echo "make demo: the stage-1/2 models are not implemented yet (README, 'Status'); nothing to run."; exit 2
 
-data: install ## build the embedded datasets
-	$(VENV)/bin/isa4d prepare $(ARGS)
+# Datasets (paths as in conf/paths: ISA4D_DATA overrides ./data). Each is built once; a `.complete`
+# stamp written after success makes reruns no-ops, and an interrupted build starts over.
+DATA_DIR := $(or $(ISA4D_DATA),data)
+
+data: $(DATA_DIR)/shards/real/.complete $(DATA_DIR)/shards/synth/.complete ## build the embedded datasets
+
+$(DATA_DIR)/raw/vtest.avi $(DATA_DIR)/raw/bikes.mp4 &: | install
+	ISA4D_PYTHON=$(PY) bash scripts/fetch_footage.sh $(DATA_DIR)/raw
+
+$(DATA_DIR)/shards/real/.complete: $(DATA_DIR)/raw/vtest.avi $(DATA_DIR)/raw/bikes.mp4 | install
+	$(VENV)/bin/isa4d footage overwrite=true
+	touch $@
+
+$(DATA_DIR)/shards/synth/.complete: | install
+	$(VENV)/bin/isa4d synth overwrite=true
+	touch $@
 
 train-vae: install ## train the tiny VAE on CPU (ARGS= Hydra overrides)
 	$(VENV)/bin/isa4d train-vae $(ARGS)
