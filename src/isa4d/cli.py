@@ -25,6 +25,11 @@ HYDRA_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     "train-dit": ("train_dit", "isa4d.train:main", "train the stage-2 ISA-DiT"),
     "generate": ("generate", None, "generate a video from a reference image, motion and camera"),
     "prepare": ("prepare", "isa4d.data.prepare:main", "write WebDataset shards from a folder of clips"),
+    "synth": (
+        "synth",
+        "isa4d.data.synth:main",
+        "render the synthetic 4D-human shards (train/video/camera/mask)",
+    ),
     "footage": ("footage", "isa4d.data.footage:main", "write the real-footage shards (VAE stage)"),
     "evaluate": ("evaluate", None, "evaluate a checkpoint on the held-out splits"),
 }

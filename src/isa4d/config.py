@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-ROOT_CONFIGS = ("train_vae", "train_dit", "generate", "prepare", "footage", "evaluate")
+ROOT_CONFIGS = ("train_vae", "train_dit", "generate", "prepare", "synth", "footage", "evaluate")
 
 
 def config_dir() -> Path:
