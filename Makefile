@@ -100,8 +100,9 @@ generate: install ## generate a video (ARGS= Hydra overrides)
 evaluate: install ## evaluate a checkpoint (ARGS= Hydra overrides)
 	$(VENV)/bin/isa4d evaluate $(ARGS)
 
-bench: install ## benchmarks -> experiments/bench/*.json|md
-	@echo "make bench: no benchmarks yet (they arrive with the data and model stages)."
+bench: install data ## benchmarks -> experiments/bench/*.json|md
+	$(PY) -m isa4d.data.bench --config video
+	$(PY) -m isa4d.data.bench --config human
 
 docker-build: ## build the GPU image (needs a Docker engine)
 	docker build -f docker/Dockerfile -t isa4d:latest .
