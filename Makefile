@@ -88,8 +88,11 @@ $(DATA_DIR)/shards/synth/.complete: | install
 	$(VENV)/bin/isa4d synth overwrite=true
 	touch $@
 
-train-vae: install ## train the tiny VAE on CPU (ARGS= Hydra overrides)
-	$(VENV)/bin/isa4d train-vae $(ARGS)
+# The experiment of `make train-vae` (conf/experiment/); VAE_EXPERIMENT=vae_stage1_33f for the paper's stage 1.
+VAE_EXPERIMENT ?= vae_tiny_cpu
+
+train-vae: install data ## train the tiny VAE on CPU (VAE_EXPERIMENT=, ARGS= Hydra overrides)
+	$(VENV)/bin/isa4d train-vae experiment=$(VAE_EXPERIMENT) $(ARGS)
 
 train-dit: install ## train the tiny ISA-DiT on CPU (ARGS= Hydra overrides)
 	$(VENV)/bin/isa4d train-dit $(ARGS)
@@ -100,9 +103,15 @@ generate: install ## generate a video (ARGS= Hydra overrides)
 evaluate: install ## evaluate a checkpoint (ARGS= Hydra overrides)
 	$(VENV)/bin/isa4d evaluate $(ARGS)
 
+# diffusers (the CogVideoX VAE peer of the VAE benchmark) is a bench-only dependency, installed into
+# this clone's .venv (pyproject extra `bench`), not into the shared environment.
+DIFFUSERS := diffusers==0.42.1
+
 bench: install data ## benchmarks -> experiments/bench/*.json|md
 	$(PY) -m isa4d.data.bench --config video
 	$(PY) -m isa4d.data.bench --config human
+	$(PY) -c "import diffusers" 2>/dev/null || $(SHARED_VENV)/bin/python -m pip --python $(PY) install -q "$(DIFFUSERS)"
+	$(PY) -m isa4d.bench.vae
 
 docker-build: ## build the GPU image (needs a Docker engine)
 	docker build -f docker/Dockerfile -t isa4d:latest .

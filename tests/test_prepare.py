@@ -207,7 +207,7 @@ def test_write_shards_checks_its_clips(tmp_path):
         write_shards(
             [make_clip(full=False), make_clip(full=False)], tmp_path, "train", 10, 1e9, progress=False
         )
-    with pytest.raises(ValueError, match="no clips"):
+    with pytest.raises(ValueError, match="no samples"):
         write_shards([], tmp_path, "train", 10, 1e9, progress=False)
     assert list(tmp_path.iterdir()) == []
 

@@ -31,6 +31,7 @@ HYDRA_COMMANDS: dict[str, tuple[str, str | None, str]] = {
         "render the synthetic 4D-human shards (train/video/camera/mask)",
     ),
     "footage": ("footage", "isa4d.data.footage:main", "write the real-footage shards (VAE stage)"),
+    "encode": ("encode", "isa4d.encode:main", "write VAE-latent shards (with all conditioning) for the DiT"),
     "evaluate": ("evaluate", None, "evaluate a checkpoint on the held-out splits"),
 }
 

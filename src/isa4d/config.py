@@ -7,7 +7,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-ROOT_CONFIGS = ("train_vae", "train_dit", "generate", "prepare", "synth", "footage", "evaluate")
+ROOT_CONFIGS = (
+    "train_vae",
+    "train_dit",
+    "generate",
+    "prepare",
+    "synth",
+    "footage",
+    "encode",
+    "evaluate",
+)
 
 
 def config_dir() -> Path:

@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,66 @@ class _SplitStats:
         }
 
 
+def write_samples(
+    samples: Iterable[dict[str, Any]],
+    out_dir: str | Path,
+    split: str,
+    maxcount: int,
+    maxsize: float,
+    *,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Write ready WebDataset samples as the shards of one split, all or nothing.
+
+    Samples go to hidden temporary shards (`.tmp-<token>-{split}-NNNNNN.tar`), renamed to
+    `{split}-NNNNNN.tar` only once every sample is written; on any error (or interruption) the
+    temporary shards are deleted and the exception propagates, leaving `out_dir` as it was. The
+    manifest is the caller's (it knows what to count).
+
+    Args:
+        samples: dicts of member name -> bytes (plus `__key__`), e.g. from `encode_sample`.
+        out_dir: the dataset folder (created if missing).
+        split: split name.
+        maxcount: most samples per shard.
+        maxsize: bytes after which a shard is closed (a shard may exceed it by one sample).
+        overwrite: replace existing shards of `split` (removed only after the new ones are complete).
+
+    Returns:
+        The split's shard entries `[{"name", "num_samples", "num_bytes"}, ...]`.
+
+    Raises:
+        FileExistsError: if shards of `split` exist and `overwrite` is false.
+        ValueError: if there are no samples.
+    """
+    out_dir = Path(out_dir)
+    check_writable(out_dir, split, overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    counts: dict[str, int] = {}  # temporary shard -> samples
+    try:
+        with wds.ShardWriter(
+            str(out_dir / f".tmp-{token}-{split}-%06d.tar"), maxcount, maxsize, verbose=0
+        ) as writer:
+            for sample in samples:
+                writer.write(sample)
+                counts[writer.fname] = counts.get(writer.fname, 0) + 1
+        if not counts:
+            raise ValueError(f"no samples to write for split {split!r}")
+        shards = [
+            {"name": shard_name(split, index), "num_samples": count, "num_bytes": os.path.getsize(temporary)}
+            for index, (temporary, count) in enumerate(counts.items())
+        ]
+        for stale in existing_shards(out_dir, split)[len(shards) :]:
+            stale.unlink()
+        for temporary, shard in zip(counts, shards, strict=True):
+            os.replace(temporary, out_dir / shard["name"])
+    except BaseException:
+        for temporary in out_dir.glob(f".tmp-{token}-*"):
+            temporary.unlink(missing_ok=True)
+        raise
+    return shards
+
+
 def write_shards(
     clips: Iterable[Clip],
     out_dir: str | Path,
@@ -121,9 +181,8 @@ def write_shards(
 ) -> dict[str, Any]:
     """Write clips as the shards of one split and record them in `out_dir/manifest.json`.
 
-    Every clip is validated and encoded by :func:`~isa4d.data.format.encode_sample`. Nothing gets a
-    final name until all clips are written; on any error (or interruption) the temporary shards are
-    deleted and the exception propagates, leaving `out_dir` as it was.
+    Every clip is validated and encoded by :func:`~isa4d.data.format.encode_sample` and written by
+    :func:`write_samples` (all or nothing).
 
     Args:
         clips: the clips, each with `meta.split == split` and a key unique within the call.
@@ -146,7 +205,6 @@ def write_shards(
     """
     out_dir = Path(out_dir)
     check_writable(out_dir, split, overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     manifest = (
         read_manifest(out_dir) if manifest_path.exists() else {"schema_version": SCHEMA_VERSION, "splits": {}}
@@ -155,38 +213,21 @@ def write_shards(
         raise ValueError(
             f"{manifest_path} is schema version {manifest.get('schema_version')}, not {SCHEMA_VERSION}"
         )
-    token = uuid.uuid4().hex[:8]
-    counts: dict[str, int] = {}  # temporary shard -> samples
     keys: set[str] = set()
     stats = _SplitStats()
-    try:
-        with wds.ShardWriter(
-            str(out_dir / f".tmp-{token}-{split}-%06d.tar"), maxcount, maxsize, verbose=0
-        ) as writer:
-            for clip in tqdm(clips, desc=f"writing {split}", unit="clip", disable=not progress):
-                if clip.meta.split != split:
-                    raise ValueError(f"clip {clip.key!r} belongs to split {clip.meta.split!r}, not {split!r}")
-                if clip.key in keys:
-                    raise ValueError(f"clip key {clip.key!r} is repeated")
-                keys.add(clip.key)
-                sample = encode_sample(clip, crf=crf, preset=preset)
-                writer.write(sample)
-                counts[writer.fname] = counts.get(writer.fname, 0) + 1
-                stats.add(clip, sample)
-        if not counts:
-            raise ValueError(f"no clips to write for split {split!r}")
-        shards = [
-            {"name": shard_name(split, index), "num_samples": count, "num_bytes": os.path.getsize(temporary)}
-            for index, (temporary, count) in enumerate(counts.items())
-        ]
-        for stale in existing_shards(out_dir, split)[len(shards) :]:
-            stale.unlink()
-        for temporary, shard in zip(counts, shards, strict=True):
-            os.replace(temporary, out_dir / shard["name"])
-    except BaseException:
-        for temporary in out_dir.glob(f".tmp-{token}-*"):
-            temporary.unlink(missing_ok=True)
-        raise
+
+    def encoded() -> Iterator[dict[str, Any]]:
+        for clip in tqdm(clips, desc=f"writing {split}", unit="clip", disable=not progress):
+            if clip.meta.split != split:
+                raise ValueError(f"clip {clip.key!r} belongs to split {clip.meta.split!r}, not {split!r}")
+            if clip.key in keys:
+                raise ValueError(f"clip key {clip.key!r} is repeated")
+            keys.add(clip.key)
+            sample = encode_sample(clip, crf=crf, preset=preset)
+            stats.add(clip, sample)
+            yield sample
+
+    shards = write_samples(encoded(), out_dir, split, maxcount, maxsize, overwrite=overwrite)
     manifest["splits"][split] = stats.entry(shards)
     write_json_atomic(manifest_path, manifest)
     return manifest
