@@ -1,0 +1,107 @@
+"""ISA-DiT (ISA4D §5): the interspatial-attention video diffusion transformer. See docs/dit.md.
+
+Latent video `(B, 16, T', h, w)` + `DiTConditions` (bodies, cameras, reference, background) + time
+`t ∈ [0, 1]` -> flow-matching velocity `(B, 16, T', h, w)`.
+"""
+
+from isa4d.models.dit.attention import ATTENTION_BACKENDS, attention, xformers_available
+from isa4d.models.dit.blocks import (
+    AdaLNModulation,
+    CrossAttentionBlock,
+    FinalLayer,
+    ISABlock,
+    Mlp,
+    PointTemporalBlock,
+    SpatialBlock,
+    TemporalBlock,
+)
+from isa4d.models.dit.conditions import (
+    FRAMES_PER_LATENT,
+    DiTConditions,
+    frame_padding,
+    group_frames,
+    latent_frame_groups,
+    num_latent_frames_for,
+    pad_persons,
+    slice_conditions,
+    ungroup_frames,
+    video_frame_range,
+)
+from isa4d.models.dit.embeddings import (
+    InterspatialPE,
+    PatchEmbed,
+    ReferenceFeatureSampler,
+    SinusoidalEncoding,
+    SMPLTokenEncoder,
+    TimestepEmbedder,
+    camera_rays,
+    patchify,
+    points_to_ndc,
+    unpatchify,
+)
+from isa4d.models.dit.image_encoders import (
+    IMAGE_ENCODERS,
+    ImageEncoder,
+    OpenCLIPImageEncoder,
+    SmallImageEncoder,
+    build_image_encoder,
+)
+from isa4d.models.dit.model import (
+    DIT_MODELS,
+    ISADiT,
+    ISADiTLayer,
+    build_dit,
+    count_parameters,
+    dit_base,
+    dit_paper4b,
+    dit_small,
+    dit_tiny,
+)
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "DIT_MODELS",
+    "FRAMES_PER_LATENT",
+    "IMAGE_ENCODERS",
+    "AdaLNModulation",
+    "CrossAttentionBlock",
+    "DiTConditions",
+    "FinalLayer",
+    "ISABlock",
+    "ISADiT",
+    "ISADiTLayer",
+    "ImageEncoder",
+    "InterspatialPE",
+    "Mlp",
+    "OpenCLIPImageEncoder",
+    "PatchEmbed",
+    "PointTemporalBlock",
+    "ReferenceFeatureSampler",
+    "SMPLTokenEncoder",
+    "SinusoidalEncoding",
+    "SmallImageEncoder",
+    "SpatialBlock",
+    "TemporalBlock",
+    "TimestepEmbedder",
+    "attention",
+    "build_dit",
+    "build_image_encoder",
+    "camera_rays",
+    "count_parameters",
+    "dit_base",
+    "dit_paper4b",
+    "dit_small",
+    "dit_tiny",
+    "frame_padding",
+    "group_frames",
+    "latent_frame_groups",
+    "num_latent_frames_for",
+    "pad_persons",
+    "patchify",
+    "points_to_ndc",
+    "slice_conditions",
+    "ungroup_frames",
+    "unpatchify",
+    "video_frame_range",
+    "xformers_available",
+]

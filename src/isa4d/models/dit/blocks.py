@@ -1,0 +1,372 @@
+"""Transformer blocks of ISA-DiT, all with adaLN-Zero timestep modulation (DiT).
+
+Token layouts (4-D, so modulation `(B, 1, 1, D)` broadcasts over frames and tokens):
+
+* 2-D tokens `x2: (B, T', S, D)`: T' latent frames of S = (h/p)(w/p) patch tokens (row-major).
+* 3-D tokens `x3: (B, T, M, D)`: T video frames of M = P·N body-point tokens (person-major).
+
+A block's modulation is `SiLU → Linear(D, k·D)` of the conditioning vector `c: (B, D)`, zero-initialised
+by `ISADiT.initialize_weights()`, so every block starts as the identity (gates 0).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from isa4d.models.dit.attention import attention
+from isa4d.models.dit.conditions import FRAMES_PER_LATENT, group_frames, ungroup_frames
+
+NORM_EPS = 1e-6
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: `x · (1 + scale) + shift`."""
+    return x * (1 + scale) + shift
+
+
+class AdaLNModulation(nn.Module):
+    """`SiLU → Linear(D, chunks·D)` of c (B, D) → `chunks` tensors (B, 1, 1, D)."""
+
+    def __init__(self, dim: int, chunks: int) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.linear = nn.Linear(dim, chunks * dim)
+
+    def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.linear(nn.functional.silu(c))
+        return tuple(rearrange(out, "b (k d) -> k b 1 1 d", k=self.chunks))
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    """LayerNorm without affine parameters (adaLN supplies them)."""
+    return nn.LayerNorm(dim, elementwise_affine=False, eps=NORM_EPS)
+
+
+class Mlp(nn.Module):
+    """FFN: Linear(D, r·D) → GELU(tanh) → Linear(r·D, D)."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1, self.act, self.fc2 = (
+            nn.Linear(dim, hidden),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class QKNorm(nn.RMSNorm):
+    """RMSNorm of queries/keys per head, computed in the input's dtype (mixed precision friendly)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return nn.functional.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
+class HeadProjection(nn.Module):
+    """Linear projection to `n` stacked attention inputs (q, k, v, …), split into heads, q/k RMS-normed.
+
+    Args:
+        dim: Input width.
+        heads: Number of heads (dim % heads == 0).
+        names: Which of "q", "k", "v" to produce, in this order.
+        qk_norm: RMSNorm on q and k per head (SD3.5 / Flux).
+    """
+
+    def __init__(self, dim: int, heads: int, names: str = "qkv", qk_norm: bool = True) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
+        self.heads, self.names = heads, names
+        self.linear = nn.Linear(dim, len(names) * dim)
+        head_dim = dim // heads
+        self.norms = nn.ModuleDict(
+            {
+                name: QKNorm(head_dim, eps=NORM_EPS) if qk_norm else nn.Identity()
+                for name in names
+                if name != "v"
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(..., L, D) -> {name: (..., heads, L, head_dim)}."""
+        parts = rearrange(self.linear(x), "... l (n h d) -> n ... h l d", n=len(self.names), h=self.heads)
+        return {
+            name: self.norms[name](part) if name in self.norms else part
+            for name, part in zip(self.names, parts, strict=True)
+        }
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(..., heads, L, head_dim) -> (..., L, heads·head_dim)."""
+    return rearrange(x, "... h l d -> ... l (h d)")
+
+
+class AxisAttentionBlock(nn.Module):
+    """adaLN-Zero transformer block (self-attention + FFN) along one axis of a (B, A1, A2, D) tensor.
+
+    `axis=2` attends over the tokens of each A1 slice (spatial); `axis=1` over A1 at each A2 position
+    (temporal). Subclasses fix the axis.
+
+    Args:
+        dim: Hidden size D.
+        heads: Attention heads.
+        mlp_ratio: FFN expansion.
+        qk_norm: RMS-normalise queries and keys.
+    """
+
+    axis: int = 2
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = layer_norm(dim), layer_norm(dim)
+        self.qkv = HeadProjection(dim, heads, "qkv", qk_norm)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.adaLN_modulation = AdaLNModulation(dim, 6)
+        self.attention_backend = "sdpa"
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x: (B, A1, A2, D), c: (B, D) -> (B, A1, A2, D)."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)
+        h = modulate(self.norm1(x), shift_a, scale_a)
+        pattern = "b t s d -> (b t) s d" if self.axis == 2 else "b t s d -> (b s) t d"
+        qkv = self.qkv(rearrange(h, pattern))
+        out = merge_heads(attention(qkv["q"], qkv["k"], qkv["v"], backend=self.attention_backend))
+        if self.axis == 2:
+            out = rearrange(out, "(b t) s d -> b t s d", b=x.shape[0])
+        else:
+            out = rearrange(out, "(b s) t d -> b t s d", b=x.shape[0])
+        x = x + gate_a * self.proj(out)
+        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+class SpatialBlock(AxisAttentionBlock):
+    """Self-attention over the 2-D tokens of each latent frame (paper eq. 15): x2 (B, T', S, D)."""
+
+    axis = 2
+
+
+class TemporalBlock(AxisAttentionBlock):
+    """Self-attention over the T' latent frames at each 2-D location (eq. 16): x2 (B, T', S, D)."""
+
+    axis = 1
+
+
+class PointTemporalBlock(AxisAttentionBlock):
+    """Self-attention of each body point over the T video frames (eq. 17): x3 (B, T, M, D).
+
+    Points never attend other points here, so a padded person only ever sees itself.
+    """
+
+    axis = 1
+
+
+class ISABranch(nn.Module):
+    """One branch (3-D or 2-D) of the symmetric ISA block: adaLN, q/k/v, output projection and FFN.
+
+    With `pre_only` (the 3-D branch of the last layer, like SD3's last context block) the branch only
+    provides keys and values: its output would never be used.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, pre_only: bool = False) -> None:
+        super().__init__()
+        self.pre_only = pre_only
+        self.norm1 = layer_norm(dim)
+        self.adaLN_modulation = AdaLNModulation(dim, 2 if pre_only else 6)
+        self.qkv = HeadProjection(dim, heads, "kv" if pre_only else "qkv", qk_norm)
+        if not pre_only:
+            self.proj = nn.Linear(dim, dim)
+            self.norm2 = layer_norm(dim)
+            self.mlp = Mlp(dim, mlp_ratio)
+
+    def pre(
+        self, x: torch.Tensor, c: torch.Tensor, pe: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """Attention inputs of x (B, A1, A2, D) with the positional encoding `pe` (broadcastable) added."""
+        mods = self.adaLN_modulation(c)
+        h = modulate(self.norm1(x), mods[0], mods[1])
+        if pe is not None:
+            h = h + pe
+        return self.qkv(h), mods[2:]
+
+    def post(self, x: torch.Tensor, out: torch.Tensor, mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Residual updates from the attention output `out` (B, A1, A2, D)."""
+        gate_a, shift_m, scale_m, gate_m = mods
+        x = x + gate_a * self.proj(out)
+        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+class ISABlock(nn.Module):
+    """Symmetric interspatial transformer block (paper eq. 12–14 and Fig. 7).
+
+    Per latent frame i, the 3-D tokens of exactly the video frames of i (`{0}` or `{4i-3 … 4i}`, each
+    projected with its own camera in the ISPE) and the S 2-D tokens of i interact:
+
+    * `mode="joint"` (default, SD3 MM-DiT): one attention over the concatenation `[3-D ; 2-D]` with
+      per-branch q/k/v/out projections, qk-norms, adaLN and FFNs. 3-D queries attending 2-D keys is the
+      "reconstruction" (2D→3D, eq. 13), 2-D queries attending 3-D keys the "rendering" (3D→2D, eq. 14).
+    * `mode="cross_pair"`: the two cross-attentions alone (3-D queries → 2-D keys, 2-D queries → 3-D keys).
+
+    The ISPE encodings (`InterspatialPE`) go through this block's linear layer `pe_proj` and are added to
+    both token sets' attention inputs. 3-D keys of padded persons, of padding slots (the three empty
+    slots of latent frame 0 of a clip) and of samples with `drop_smpl` are masked out.
+
+    Args:
+        dim: Hidden size D.
+        heads: Attention heads.
+        mlp_ratio: FFN expansion.
+        mode: `"joint"` or `"cross_pair"`.
+        pe_dim: Width of the ISPE encoding, or None to disable ISPE (the `isa_no_pe` ablation).
+        pre_only: The 3-D branch only gives keys/values (last layer); its tokens are returned unchanged.
+        qk_norm: RMS-normalise queries and keys.
+    """
+
+    MODES = ("joint", "cross_pair")
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        mode: str = "joint",
+        pe_dim: int | None = None,
+        pre_only: bool = False,
+        qk_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"unknown ISA mode {mode!r}; choose from {self.MODES}")
+        self.mode, self.pre_only = mode, pre_only
+        self.branch3 = ISABranch(dim, heads, mlp_ratio, qk_norm, pre_only=pre_only)
+        self.branch2 = ISABranch(dim, heads, mlp_ratio, qk_norm)
+        self.pe_proj = nn.Linear(pe_dim, dim) if pe_dim else None
+        self.attention_backend = "sdpa"
+
+    def forward(
+        self,
+        x3: torch.Tensor,
+        x2: torch.Tensor,
+        c: torch.Tensor,
+        key_mask3: torch.Tensor | None,
+        pad: int,
+        pe3: torch.Tensor | None = None,
+        pe2: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One symmetric ISA block.
+
+        Args:
+            x3: (B, T, M, D) 3-D tokens, T = 4T' - pad.
+            x2: (B, T', S, D) 2-D tokens.
+            c: (B, D) conditioning.
+            key_mask3: (B, M) bool, False for 3-D tokens nobody may attend (padded persons, dropped
+                bodies); None when all are valid.
+            pad: Padding slots in front of the video frames (3 for a clip, 0 for a window).
+            pe3: (B, T, M, E) ISPE encodings of the 3-D tokens (ignored without `pe_proj`).
+            pe2: (S, E) ISPE encodings of the 2-D grid.
+
+        Returns:
+            Updated (x3, x2); x3 is returned unchanged with `pre_only`.
+        """
+        B, Tl = x2.shape[:2]
+        use_pe = self.pe_proj is not None and pe3 is not None and pe2 is not None
+        qkv3, mods3 = self.branch3.pre(x3, c, self.pe_proj(pe3.to(x3.dtype)) if use_pe else None)
+        qkv2, mods2 = self.branch2.pre(x2, c, self.pe_proj(pe2.to(x2.dtype)) if use_pe else None)
+        # Group the 3-D tokens by latent frame: (B, T, H, M, d) -> (B·T', H, 4·M, d); 2-D: (B·T', H, S, d).
+        grouped = {
+            name: rearrange(group_frames(value, pad), "b n f h m d -> (b n) h (f m) d")
+            for name, value in qkv3.items()
+        }
+        qkv2 = {name: rearrange(value, "b n h s d -> (b n) h s d") for name, value in qkv2.items()}
+        mask3 = self._key_mask(key_mask3, pad, B, Tl, x3)
+        S, L3 = qkv2["k"].shape[2], grouped["k"].shape[2]
+        out3 = None
+        if self.mode == "joint":
+            k = torch.cat([grouped["k"], qkv2["k"]], dim=2)
+            v = torch.cat([grouped["v"], qkv2["v"]], dim=2)
+            mask = None
+            if mask3 is not None:
+                mask = torch.cat([mask3, mask3.new_ones(mask3.shape[0], 1, 1, S)], dim=-1)
+            q = qkv2["q"] if self.pre_only else torch.cat([grouped["q"], qkv2["q"]], dim=2)
+            out = attention(q, k, v, mask, self.attention_backend)
+            out2 = out[:, :, -S:]
+            if not self.pre_only:
+                out3 = out[:, :, :L3]
+        else:
+            out2 = attention(qkv2["q"], grouped["k"], grouped["v"], mask3, self.attention_backend)
+            if not self.pre_only:
+                out3 = attention(grouped["q"], qkv2["k"], qkv2["v"], None, self.attention_backend)
+        x2 = self.branch2.post(x2, rearrange(out2, "(b n) h s d -> b n s (h d)", b=B), mods2)
+        if out3 is not None:
+            out3 = rearrange(out3, "(b n) h (f m) d -> b n f m (h d)", b=B, f=FRAMES_PER_LATENT)
+            x3 = self.branch3.post(x3, ungroup_frames(out3, pad), mods3)
+        return x3, x2
+
+    @staticmethod
+    def _key_mask(
+        key_mask3: torch.Tensor | None, pad: int, B: int, Tl: int, x3: torch.Tensor
+    ) -> torch.Tensor | None:
+        """(B·T', 1, 1, 4·M) bool mask of the grouped 3-D keys, or None when every key is valid."""
+        if key_mask3 is None and pad == 0:
+            return None
+        M = x3.shape[2]
+        valid = torch.ones(B, Tl * FRAMES_PER_LATENT, M, dtype=torch.bool, device=x3.device)
+        valid[:, :pad] = False
+        if key_mask3 is not None:
+            valid = valid & key_mask3[:, None, :]
+        return rearrange(valid, "b (n f) m -> (b n) 1 1 (f m)", f=FRAMES_PER_LATENT)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Cross-attention of the 2-D tokens to the camera tokens and the global identity tokens (eq. 21, 23).
+
+    Per latent frame, the keys are that frame's S Plücker tokens followed by the identity tokens of the
+    reference image. adaLN-Zero (shift, scale, gate) modulates the attention; no FFN (PixArt-style: the
+    spatial/temporal/ISA blocks carry the FFNs).
+
+    Args:
+        dim: Hidden size D.
+        heads: Attention heads.
+        qk_norm: RMS-normalise queries and keys.
+    """
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = True) -> None:
+        super().__init__()
+        self.norm = layer_norm(dim)
+        self.q = HeadProjection(dim, heads, "q", qk_norm)
+        self.kv = HeadProjection(dim, heads, "kv", qk_norm)
+        self.proj = nn.Linear(dim, dim)
+        self.adaLN_modulation = AdaLNModulation(dim, 3)
+        self.attention_backend = "sdpa"
+
+    def forward(
+        self, x2: torch.Tensor, c: torch.Tensor, camera: torch.Tensor, identity: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x2: (B, T', S, D); c: (B, D); camera: (B, T', S_c, D); identity: (B, M_id, D) or None."""
+        shift, scale, gate = self.adaLN_modulation(c)
+        context = camera
+        if identity is not None:
+            context = torch.cat([camera, identity[:, None].expand(-1, camera.shape[1], -1, -1)], dim=2)
+        q = self.q(rearrange(modulate(self.norm(x2), shift, scale), "b t s d -> (b t) s d"))["q"]
+        kv = self.kv(rearrange(context, "b t l d -> (b t) l d"))
+        out = merge_heads(attention(q, kv["k"], kv["v"], backend=self.attention_backend))
+        return x2 + gate * self.proj(rearrange(out, "(b t) s d -> b t s d", b=x2.shape[0]))
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) + LayerNorm + Linear(D, p·p·C), both zero-initialised (DiT)."""
+
+    def __init__(self, dim: int, patch_size: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = layer_norm(dim)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = AdaLNModulation(dim, 2)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c)
+        return self.linear(modulate(self.norm(x), shift, scale))
