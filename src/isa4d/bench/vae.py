@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from isa4d.utils.files import write_json_atomic, write_text_atomic
+
 DEFAULT_FRAMES = (17, 33, 97, 193)
 MODELS = ("isa4d", "cogvideox")
 
@@ -239,13 +241,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + (["", "Errors:", *errors] if errors else [])) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from isa4d.utils.files import atomic_write
-
-    with atomic_write(path, "w") as file:
-        file.write(text)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every (size, T) for both models and write the JSON and markdown reports."""
     import torch
@@ -300,8 +295,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": results,
     }
     out = Path(args.out)
-    _write_atomic(out / "vae.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(out / "vae.md", markdown(report))
+    write_json_atomic(out / "vae.json", report)
+    write_text_atomic(out / "vae.md", markdown(report))
     print(markdown(report))
     return report
 

@@ -27,7 +27,7 @@ from isa4d.data.datamodules import ShardDataModule
 from isa4d.data.format import Cameras, Clip, Reference, SMPLParams
 from isa4d.data.shards import write_shards
 from isa4d.geometry import intrinsics_from_fov, look_at
-from isa4d.utils.files import atomic_write, write_json_atomic
+from isa4d.utils.files import write_json_atomic, write_text_atomic
 
 ROOTS = {"video": "train_vae", "human": "train_dit"}
 
@@ -162,8 +162,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result |= benchmark_loader(cfg.data, num_batches=args.num_batches)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / f"data_{args.config}.json", result)
-    with atomic_write(args.out / f"data_{args.config}.md", "w") as file:
-        file.write(_markdown(args.config, result))
+    write_text_atomic(args.out / f"data_{args.config}.md", _markdown(args.config, result))
     print(json.dumps(result, indent=2))
     return result
 

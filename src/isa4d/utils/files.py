@@ -64,8 +64,23 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` with :func:`atomic_write`."""
+    with atomic_write(path, "w") as file:
+        file.write(text)
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON with :func:`atomic_write`."""
     with atomic_write(path, "w") as file:
         json.dump(data, file, indent=2)
         file.write("\n")
+
+
+def write_figure_atomic(path: str | Path, figure: Any, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG with :func:`atomic_write`, then close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(figure)
