@@ -34,7 +34,7 @@ from isa4d.modules.vae_module import CHECKPOINT_KEY
 from toy_lightning import ToyDataModule, ToyModule
 
 FRAMES, SIZE = 9, 32
-EXPERIMENTS = ("vae_tiny_cpu", "vae_stage1_33f", "vae_stage2_97f", "vae_no_reg")
+EXPERIMENTS = ("vae_tiny_cpu", "vae_tiny_cpu_no_reg", "vae_stage1_33f", "vae_stage2_97f", "vae_no_reg")
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -340,6 +340,9 @@ def test_callbacks_write_their_files(tiny_config, tmp_path):
     assert saved["channel_std"] == pytest.approx(channel_std.tolist(), rel=1e-6)
     torch.testing.assert_close(module.vae.latent_shift, torch.full((16,), saved["mean"]))
     torch.testing.assert_close(module.vae.latent_scale, torch.full((16,), 1 / saved["std"]))
+    histogram = saved["histogram"]  # what `isa4d ablate-report` plots
+    assert len(histogram["edges"]) == len(histogram["counts"]) + 1 == LatentStatistics.HISTOGRAM_BINS + 1
+    assert sum(histogram["counts"]) == histogram["num_values"] > 0
     assert (tmp_path / "latent_histogram.png").stat().st_size > 0
 
     # last_frame_bias.json: frame 0 and the 4 positions of each window, every metric finite

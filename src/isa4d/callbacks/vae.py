@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from isa4d.data.video_io import encode_video
 from isa4d.modules.vae_module import VAEModule, tensor_to_frames, video_of
-from isa4d.utils.files import atomic_write, write_json_atomic
+from isa4d.utils.files import atomic_write, write_figure_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,15 @@ def _log_metrics(trainer: L.Trainer, metrics: dict[str, float]) -> None:
             logger.log_metrics(metrics, step=trainer.global_step)
 
 
-def _save_figure(figure: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
+def write_video(trainer: L.Trainer, frames: np.ndarray, path: Path, fps: float, crf: int, tag: str) -> None:
+    """Write uint8 frames `(T, H, W, 3)` as an mp4 (atomically) and log the middle frame as image `tag`
+    to every TensorBoardLogger of the trainer."""
     with atomic_write(path, "wb") as file:
-        figure.savefig(file, format="png", dpi=100, bbox_inches="tight")
-    plt.close(figure)
+        file.write(encode_video(frames, fps, crf=crf))
+    middle = frames[frames.shape[0] // 2]
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, middle, trainer.global_step, dataformats="HWC")
 
 
 def _val_loader(trainer: L.Trainer) -> Any:
@@ -60,7 +63,8 @@ def _val_loader(trainer: L.Trainer) -> Any:
 
 
 class _VAEDiagnostic(L.Callback):
-    """Scheduling and evaluation context shared by the stage-1 callbacks.
+    """Scheduling and evaluation context shared by the stage-1 callbacks (and, with another
+    `module_type`, the stage-2 ones): the module must have `ema_scope()`.
 
     Args:
         every_n_epochs: Run after every n-th validation run; None or 0: never during training.
@@ -70,6 +74,8 @@ class _VAEDiagnostic(L.Callback):
     """
 
     rank_zero_only = True  # whether only global rank 0 computes (False: every rank, e.g. to reduce)
+    module_type: type[L.LightningModule] = VAEModule  # the modules it applies to
+    output_subdir = ""  # default output folder below the trainer's `default_root_dir`
 
     def __init__(
         self,
@@ -86,15 +92,23 @@ class _VAEDiagnostic(L.Callback):
         self._warned = False
 
     def _applies(self, pl_module: L.LightningModule) -> bool:
-        if isinstance(pl_module, VAEModule):
+        if isinstance(pl_module, self.module_type):
             return True
         if not self._warned:
-            log.warning("%s: %s is not a VAEModule; skipped", type(self).__name__, type(pl_module).__name__)
+            log.warning(
+                "%s: %s is not a %s; skipped",
+                type(self).__name__,
+                type(pl_module).__name__,
+                self.module_type.__name__,
+            )
             self._warned = True
         return False
 
     def output_dir(self, trainer: L.Trainer) -> Path:
-        return self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir)
+        """`dirpath`, else `<default_root_dir>/<output_subdir>`."""
+        return (
+            self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / self.output_subdir
+        )
 
     @contextmanager
     def evaluating(self, trainer: L.Trainer, pl_module: VAEModule) -> Iterator[None]:
@@ -168,6 +182,8 @@ class ReconstructionVideos(_VAEDiagnostic):
         at_train_end: Also write one when training ends.
     """
 
+    output_subdir = "videos"
+
     def __init__(
         self,
         every_n_epochs: int | None = 1,
@@ -183,9 +199,6 @@ class ReconstructionVideos(_VAEDiagnostic):
         self.crf = crf
         self.clips: torch.Tensor | None = None
         self.last_path: Path | None = None
-
-    def output_dir(self, trainer: L.Trainer) -> Path:
-        return self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / "videos"
 
     def on_validation_batch_end(
         self,
@@ -218,15 +231,8 @@ class ReconstructionVideos(_VAEDiagnostic):
         ]
         grid = np.concatenate(pairs, axis=1)  # clips stacked vertically: (T, n H, 2W, 3)
         path = self.output_dir(trainer) / f"step{trainer.global_step:07d}.mp4"
-        with atomic_write(path, "wb") as file:
-            file.write(encode_video(grid, self.fps, crf=self.crf))
+        write_video(trainer, grid, path, self.fps, self.crf, "val/reconstruction")
         self.last_path = path
-        middle = grid[grid.shape[0] // 2]
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(
-                    "val/reconstruction", middle, trainer.global_step, dataformats="HWC"
-                )
 
 
 # ---------------------------------------------------------------------------------------------- latents
@@ -237,9 +243,10 @@ class LatentStatistics(_VAEDiagnostic):
 
     Statistics are accumulated in float64 over every latent value (all ranks, reduced), then
     `shift = mean`, `scale = 1 / std` (SD3's convention) are stored in the model with
-    `vae.set_latent_stats` (so checkpoints carry them) and written to `<dirpath>/latent_stats.json`,
-    with a histogram of the raw and the normalised latents (`latent_histogram.png`, cf. the
-    paper's Fig. 5).
+    `vae.set_latent_stats` (so checkpoints carry them) and written to `<dirpath>/latent_stats.json`
+    with a histogram of the raw latents (`histogram`: `counts` in `HISTOGRAM_BINS` bins between
+    `edges`, over `num_values` evenly strided values), plotted raw and normalised in
+    `latent_histogram.png` (cf. the paper's Fig. 5).
 
     Args:
         every_n_epochs: Validation runs between updates (None: only at the end of training).
@@ -254,6 +261,7 @@ class LatentStatistics(_VAEDiagnostic):
     """
 
     rank_zero_only = False
+    HISTOGRAM_BINS = 200
 
     def __init__(
         self,
@@ -331,6 +339,8 @@ class LatentStatistics(_VAEDiagnostic):
         if stats is None:
             return
         values = stats.pop("_values")
+        counts, edges = np.histogram(values, bins=self.HISTOGRAM_BINS)
+        stats["histogram"] = {"counts": counts.tolist(), "edges": edges.tolist(), "num_values": values.size}
         if self.apply:
             device = pl_module.vae.latent_shift.device
             pl_module.vae.set_latent_stats(
@@ -342,10 +352,10 @@ class LatentStatistics(_VAEDiagnostic):
             return
         folder = self.output_dir(trainer)
         write_json_atomic(folder / "latent_stats.json", stats)
-        self._plot(values, stats, folder / "latent_histogram.png")
+        self._plot(stats, folder / "latent_histogram.png")
 
     @staticmethod
-    def _plot(values: np.ndarray, stats: dict[str, Any], path: Path) -> None:
+    def _plot(stats: dict[str, Any], path: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -353,16 +363,17 @@ class LatentStatistics(_VAEDiagnostic):
 
         shift = np.asarray(stats["shift"], np.float64).mean()
         scale = np.asarray(stats["scale"], np.float64).mean()
+        counts, edges = stats["histogram"]["counts"], np.asarray(stats["histogram"]["edges"])
         figure, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        axes[0].hist(values, bins=200, color="tab:blue")
+        axes[0].stairs(counts, edges, fill=True, color="tab:blue")
         axes[0].axvline(stats["mean"], color="k", linestyle="--", label=f"mean {stats['mean']:.3g}")
         axes[0].set_title(f"raw latents (std {stats['std']:.3g})")
         axes[0].legend()
-        axes[1].hist((values - shift) * scale, bins=200, color="tab:orange")
+        axes[1].stairs(counts, (edges - shift) * scale, fill=True, color="tab:orange")
         axes[1].set_title("normalised (z - shift) * scale")
         for axis in axes:
             axis.set_yscale("log")
-        _save_figure(figure, path)
+        write_figure_atomic(path, figure)
 
 
 # ------------------------------------------------------------------------------------- last-frame bias
@@ -512,7 +523,7 @@ class LastFrameBias(_VAEDiagnostic):
         figure.suptitle(
             f"last-frame bias (step {result['global_step']}, {result['num_clips']} clips)", y=1.03
         )
-        _save_figure(figure, path)
+        write_figure_atomic(path, figure)
 
 
 __all__ = ["LastFrameBias", "LatentStatistics", "ReconstructionVideos"]

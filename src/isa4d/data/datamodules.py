@@ -36,7 +36,7 @@ from isa4d.data.augment import (
     UnusableClipError,
     sample_rng,
 )
-from isa4d.data.format import SMPL_PARAM_KEYS, Clip, SMPLParams
+from isa4d.data.format import SMPL_PARAM_KEYS, Clip, Reference, SMPLParams
 from isa4d.data.pipeline import SkipCounter, decode_window, make_webdataset, read_header
 from isa4d.data.shards import MANIFEST, read_manifest, shard_paths
 
@@ -95,7 +95,7 @@ def _channels_first(frames: np.ndarray) -> torch.Tensor:
     return rearrange(torch.from_numpy(np.require(frames, requirements=["C", "W"])), "n h w c -> n c h w")
 
 
-def _rgb(plan: ClipPlan, frames: np.ndarray) -> torch.Tensor:
+def rgb_tensor(plan: ClipPlan, frames: np.ndarray) -> torch.Tensor:
     """Decoded `(N, H, W, 3)` uint8 frames at `plan.source_indices` -> `(3, T, H_o, W_o)` in [-1, 1]."""
     video = plan.warp(plan.resample(_channels_first(frames), blend=True))  # float32, [0, 255]
     return rearrange(video.mul_(2 / 255).sub_(1), "t c h w -> c t h w")
@@ -159,7 +159,7 @@ class VideoClipDecoder(_Decoder):
         meta = header.meta
         plan = self._plan(rng, meta.num_frames, (meta.height, meta.width), 1 if image else self.num_frames)
         clip = decode_window(sample, header, plan.source_indices, videos=[])
-        return {"key": header.key, "video": _rgb(plan, clip.video), "aug": plan.summary()}
+        return {"key": header.key, "video": rgb_tensor(plan, clip.video), "aug": plan.summary()}
 
 
 def _smpl_tensors(smpl: SMPLParams, max_persons: int, plan: ClipPlan | None) -> dict[str, torch.Tensor]:
@@ -209,9 +209,11 @@ class HumanClipDecoder(_Decoder):
 
     def _frames(self, clip: Clip, plan: ClipPlan) -> dict[str, torch.Tensor]:
         """video, background (zeros if absent) `(3, T, H, W)`, mask `(T, H, W)` uint8 and their flags."""
-        out = {"video": _rgb(plan, clip.video)}
+        out = {"video": rgb_tensor(plan, clip.video)}
         has_background = clip.background is not None
-        out["background"] = _rgb(plan, clip.background) if has_background else torch.zeros_like(out["video"])
+        out["background"] = (
+            rgb_tensor(plan, clip.background) if has_background else torch.zeros_like(out["video"])
+        )
         out["has_background"] = torch.tensor(has_background)
         if clip.mask is None:
             out["mask"] = torch.zeros(out["video"].shape[1:], dtype=torch.uint8)
@@ -239,19 +241,30 @@ class HumanClipDecoder(_Decoder):
                 "ref_t": out["t"][:1],
                 "has_reference": torch.tensor(False),
             }
-        size = reference.image.shape[:2]
-        plan = ClipAugment.off().plan(
-            None, num_available=1, src_size=size, out_size=self.resolution, num_frames=1
-        )
-        camera = reference.camera
-        return {
-            "ref_image": _rgb(plan, reference.image[None])[:, 0],
-            "ref_smpl": _smpl_tensors(reference.smpl, self.max_persons, None),
-            "ref_K": plan.intrinsics(torch.from_numpy(camera.K).double()).float(),
-            "ref_R": torch.from_numpy(camera.R),
-            "ref_t": torch.from_numpy(camera.t),
-            "has_reference": torch.tensor(True),
-        }
+        return reference_tensors(reference, self.resolution, self.max_persons)
+
+
+def reference_tensors(reference: Reference, resolution: Size, max_persons: int) -> dict[str, torch.Tensor]:
+    """A reference frame as one sample's tensors (add a batch dimension to use them as a batch).
+
+    The image is resized to cover `resolution` and centre-cropped; its intrinsics follow.
+
+    Returns:
+        `ref_image (3, H, W)` in [-1, 1], `ref_smpl` `(P, 1, ...)` (betas `(P, 10)`) zero-padded to
+        `max_persons`, `ref_K/ref_R (1, 3, 3)`, `ref_t (1, 3)`, `has_reference` True.
+    """
+    plan = ClipAugment.off().plan(
+        None, num_available=1, src_size=reference.image.shape[:2], out_size=resolution, num_frames=1
+    )
+    camera = reference.camera
+    return {
+        "ref_image": rgb_tensor(plan, reference.image[None])[:, 0],
+        "ref_smpl": _smpl_tensors(reference.smpl, max_persons, None),
+        "ref_K": plan.intrinsics(torch.from_numpy(camera.K).double()).float(),
+        "ref_R": torch.from_numpy(camera.R),
+        "ref_t": torch.from_numpy(camera.t),
+        "has_reference": torch.tensor(True),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- modules

@@ -1,7 +1,9 @@
 """LightningModules of the training stages: assembled from networks and losses built elsewhere."""
 
+from isa4d.modules.dit_batch import ConditionBuilder
+from isa4d.modules.dit_module import DiTModule, load_dit_module
+from isa4d.modules.ema import EMA
 from isa4d.modules.vae_module import (
-    EMA,
     VAEModule,
     build_vae_loss,
     frames_to_tensor,
@@ -13,9 +15,12 @@ from isa4d.modules.vae_module import (
 
 __all__ = [
     "EMA",
+    "ConditionBuilder",
+    "DiTModule",
     "VAEModule",
     "build_vae_loss",
     "frames_to_tensor",
+    "load_dit_module",
     "load_vae",
     "read_checkpoint",
     "tensor_to_frames",

@@ -34,6 +34,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from isa4d.losses import LPIPS, VAELoss
 from isa4d.models.vae import AuxImageDecoder, DiagonalGaussian, VideoVAE, load_sd3_weights
+from isa4d.modules.ema import EMA
 
 log = logging.getLogger(__name__)
 
@@ -99,57 +100,6 @@ def _state_dict_of(checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
 
 def _sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-
-
-# ---------------------------------------------------------------------------------------------- EMA
-
-
-class EMA(nn.Module):
-    """Exponential moving average of a module's parameters (like sgm's `LitEma`).
-
-    The average lives in `self.module`, a frozen copy of the model (parameters with
-    `requires_grad=False`, so DDP neither reduces nor broadcasts them). With `warmup`, the decay of
-    update `n` is `min(decay, (1 + n) / (10 + n))`, so early averages follow the model closely.
-    Buffers (e.g. the VAE's latent statistics) are not averaged: the model's own are authoritative.
-
-    Args:
-        model: The module to average.
-        decay: The EMA decay (e.g. 0.999).
-        warmup: Use the `(1 + n) / (10 + n)` warm-up of the decay.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
-        super().__init__()
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        self.decay = decay
-        self.warmup = warmup
-        self.module = copy.deepcopy(model).requires_grad_(False)
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    def _pairs(self, model: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return zip(self.module.parameters(), model.parameters(), strict=True)
-
-    def current_decay(self) -> float:
-        """The decay the next `update` uses."""
-        n = int(self.num_updates)
-        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """`average <- decay * average + (1 - decay) * parameter`, for every parameter of `model`."""
-        weight = 1.0 - self.current_decay()
-        for average, parameter in self._pairs(model):
-            average.lerp_(parameter.detach().to(average.dtype), weight)
-        self.num_updates += 1
-
-    @torch.no_grad()
-    def swap(self, model: nn.Module) -> None:
-        """Exchange the averaged and the live parameter values (twice restores both)."""
-        for average, parameter in self._pairs(model):
-            live = parameter.detach().clone()
-            parameter.copy_(average)
-            average.copy_(live)
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -281,7 +231,6 @@ class VAEModule(L.LightningModule):
         if self.ema is not None and ema_state:
             self.ema.load_state_dict(ema_state)
         self.batch_step = 0
-        self._ema_active = False
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
 
@@ -315,18 +264,13 @@ class VAEModule(L.LightningModule):
         Args:
             context: A name for the debug log.
         """
-        if self.ema is None or self._ema_active:
+        if self.ema is None:
             yield
             return
-        self.ema.swap(self.vae)
-        self._ema_active = True
-        if context:
-            log.debug("%s: EMA weights in", context)
-        try:
+        with self.ema.swapped(self.vae):
+            if context:
+                log.debug("%s: EMA weights in", context)
             yield
-        finally:
-            self.ema.swap(self.vae)
-            self._ema_active = False
 
     def export_vae(self, use_ema: bool = True) -> VideoVAE:
         """A frozen eval-mode copy of the VAE (EMA weights if kept and `use_ema`), latent stats included."""
@@ -540,7 +484,6 @@ def load_vae(
 
 
 __all__ = [
-    "EMA",
     "VAEModule",
     "build_vae_loss",
     "frames_to_tensor",

@@ -1,7 +1,9 @@
-"""`render_meshes`: coloured, Lambert-shaded renders with person masks, depth and normal maps."""
+"""`render_meshes`: coloured, Lambert-shaded renders with person masks, depth and normal maps;
+`render_body_video`: the control videos of the 2-D baselines (normal maps or part-coloured bodies)."""
 
 from __future__ import annotations
 
+import colorsys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,7 +13,7 @@ import torch
 import trimesh
 
 from isa4d.geometry import intrinsics_from_fov, look_at
-from isa4d.render._checks import Mesh, camera_tensors, unit_colors
+from isa4d.render._checks import Mesh, camera_tensors, to_numpy, unit_colors
 from isa4d.render.raster import RAY_BACKEND, MeshScene, rasterize
 from isa4d.render.shading import composite, interpolate, render_normal_map, shade_lambert, vertex_normals
 
@@ -80,6 +82,68 @@ def render_meshes(
         "depth": fragments.depth.astype(np.float32),
         "normal": render_normal_map(fragments, normals, R).astype(np.float32),
     }
+
+
+CONTROL_VIDEOS = ("normal", "body")
+"""What `render_body_video` renders: camera-space normal maps, or Lambert-shaded coloured bodies."""
+
+
+def part_colors(skinning_weights: Any) -> np.ndarray:
+    """Per-vertex colours of body parts: each vertex takes the colour of the joint that moves it most.
+
+    The J joints get J hues spread around the colour wheel in the order `7j mod J` (so neighbouring
+    joints, e.g. a left and a right limb, get distant hues), saturation 0.7, value 0.95.
+
+    Args:
+        skinning_weights: (V, J) skinning weights (SMPL: J = 24, `BodyModel.lbs_weights`).
+
+    Returns:
+        (V, 3) float64 colours in [0, 1].
+    """
+    weights = to_numpy(skinning_weights)
+    joints = weights.shape[1]
+    palette = np.array([colorsys.hsv_to_rgb(7 * j % joints / joints, 0.7, 0.95) for j in range(joints)])
+    return palette[weights.argmax(axis=1)]
+
+
+def render_body_video(
+    vertices: Sequence[Any],
+    faces: Any,
+    K: Any,
+    R: Any,
+    t: Any,
+    image_size: Sequence[int],
+    kind: str = "normal",
+    vertex_colors: Any = None,
+) -> np.ndarray:
+    """Render posed bodies frame by frame, the control video of the 2-D baselines (docs/baselines.md).
+
+    Args:
+        vertices: One (T, V, 3) array of world vertices per person, all with the mesh `faces`; an empty
+            sequence gives a black video.
+        faces: (F, 3) vertex indices.
+        K: (T, 3, 3) intrinsics for `image_size`.
+        R: (T, 3, 3) world-to-camera rotations.
+        t: (T, 3) world-to-camera translations.
+        image_size: (H, W).
+        kind: `"normal"`: camera-space normal maps (`render_normal_map` colours: (0.5, 0.5, 1) faces the
+            camera); `"body"`: the bodies Lambert-shaded by a headlight (`render_meshes`).
+        vertex_colors: (V, 3) colours of the `"body"` render in [0, 1] (e.g. `part_colors`); None: grey.
+
+    Returns:
+        (T, H, W, 3) float32 in [0, 1], 0 for background.
+    """
+    if kind not in CONTROL_VIDEOS:
+        raise ValueError(f"unknown control video {kind!r}; choose from {CONTROL_VIDEOS}")
+    video = np.zeros((len(K), *image_size, 3), dtype=np.float32)
+    if not vertices:
+        return video
+    colors = np.full((vertices[0].shape[1], 3), 0.7) if vertex_colors is None else vertex_colors
+    for frame in range(len(video)):
+        meshes = [(person[frame], faces) for person in vertices]
+        out = render_meshes(meshes, [colors] * len(meshes), K[frame], R[frame], t[frame], image_size)
+        video[frame] = out["normal"] if kind == "normal" else out["rgb"] / 255.0
+    return video
 
 
 def _benchmark_people(persons: int, frame: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -7,6 +7,7 @@ Latent video `(B, 16, T', h, w)` + `DiTConditions` (bodies, cameras, reference, 
 from isa4d.models.dit.attention import ATTENTION_BACKENDS, attention, xformers_available
 from isa4d.models.dit.blocks import (
     AdaLNModulation,
+    ControlAdaLN,
     CrossAttentionBlock,
     FinalLayer,
     ISABlock,
@@ -47,7 +48,9 @@ from isa4d.models.dit.image_encoders import (
     build_image_encoder,
 )
 from isa4d.models.dit.model import (
+    CONTROLS,
     DIT_MODELS,
+    REF_MODES,
     ISADiT,
     ISADiTLayer,
     build_dit,
@@ -60,10 +63,13 @@ from isa4d.models.dit.model import (
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "CONTROLS",
     "DIT_MODELS",
     "FRAMES_PER_LATENT",
     "IMAGE_ENCODERS",
+    "REF_MODES",
     "AdaLNModulation",
+    "ControlAdaLN",
     "CrossAttentionBlock",
     "DiTConditions",
     "FinalLayer",

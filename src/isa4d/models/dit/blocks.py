@@ -6,7 +6,9 @@ Token layouts (4-D, so modulation `(B, 1, 1, D)` broadcasts over frames and toke
 * 3-D tokens `x3: (B, T, M, D)`: T video frames of M = P·N body-point tokens (person-major).
 
 A block's modulation is `SiLU → Linear(D, k·D)` of the conditioning vector `c: (B, D)`, zero-initialised
-by `ISADiT.initialize_weights()`, so every block starts as the identity (gates 0).
+by `ISADiT.initialize_weights()`, so every block starts as the identity (gates 0). Blocks on 2-D tokens
+also take a per-latent-frame `c: (B, T', D)` (the `prefix` reference mode: the clean prefix frame has its
+own time, t = 0).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class AdaLNModulation(nn.Module):
-    """`SiLU → Linear(D, chunks·D)` of c (B, D) → `chunks` tensors (B, 1, 1, D)."""
+    """`SiLU → Linear(D, chunks·D)` of c (B, D) → `chunks` tensors (B, 1, 1, D); of a per-latent-frame
+    c (B, T', D) (2-D tokens with a clean prefix frame) → `chunks` tensors (B, T', 1, D)."""
 
     def __init__(self, dim: int, chunks: int) -> None:
         super().__init__()
@@ -36,7 +39,9 @@ class AdaLNModulation(nn.Module):
 
     def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.linear(nn.functional.silu(c))
-        return tuple(rearrange(out, "b (k d) -> k b 1 1 d", k=self.chunks))
+        if c.ndim == 2:
+            out = out[:, None]
+        return tuple(rearrange(out, "b t (k d) -> k b t 1 d", k=self.chunks))
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
@@ -132,7 +137,7 @@ class AxisAttentionBlock(nn.Module):
         self.attention_backend = "sdpa"
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x: (B, A1, A2, D), c: (B, D) -> (B, A1, A2, D)."""
+        """x: (B, A1, A2, D), c: (B, D) or (B, A1, D) -> (B, A1, A2, D)."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)
         h = modulate(self.norm1(x), shift_a, scale_a)
         pattern = "b t s d -> (b t) s d" if self.axis == 2 else "b t s d -> (b s) t d"
@@ -257,6 +262,7 @@ class ISABlock(nn.Module):
         pad: int,
         pe3: torch.Tensor | None = None,
         pe2: torch.Tensor | None = None,
+        c2: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One symmetric ISA block.
 
@@ -269,6 +275,7 @@ class ISABlock(nn.Module):
             pad: Padding slots in front of the video frames (3 for a clip, 0 for a window).
             pe3: (B, T, M, E) ISPE encodings of the 3-D tokens (ignored without `pe_proj`).
             pe2: (S, E) ISPE encodings of the 2-D grid.
+            c2: Conditioning of the 2-D branch, (B, D) or per latent frame (B, T', D); None means `c`.
 
         Returns:
             Updated (x3, x2); x3 is returned unchanged with `pre_only`.
@@ -276,7 +283,8 @@ class ISABlock(nn.Module):
         B, Tl = x2.shape[:2]
         use_pe = self.pe_proj is not None and pe3 is not None and pe2 is not None
         qkv3, mods3 = self.branch3.pre(x3, c, self.pe_proj(pe3.to(x3.dtype)) if use_pe else None)
-        qkv2, mods2 = self.branch2.pre(x2, c, self.pe_proj(pe2.to(x2.dtype)) if use_pe else None)
+        c2 = c if c2 is None else c2
+        qkv2, mods2 = self.branch2.pre(x2, c2, self.pe_proj(pe2.to(x2.dtype)) if use_pe else None)
         # Group the 3-D tokens by latent frame: (B, T, H, M, d) -> (B·T', H, 4·M, d); 2-D: (B·T', H, S, d).
         grouped = {
             name: rearrange(group_frames(value, pad), "b n f h m d -> (b n) h (f m) d")
@@ -347,7 +355,8 @@ class CrossAttentionBlock(nn.Module):
     def forward(
         self, x2: torch.Tensor, c: torch.Tensor, camera: torch.Tensor, identity: torch.Tensor | None
     ) -> torch.Tensor:
-        """x2: (B, T', S, D); c: (B, D); camera: (B, T', S_c, D); identity: (B, M_id, D) or None."""
+        """x2: (B, T', S, D); c: (B, D) or (B, T', D); camera: (B, T', S_c, D); identity: (B, M_id, D)
+        or None."""
         shift, scale, gate = self.adaLN_modulation(c)
         context = camera
         if identity is not None:
@@ -356,6 +365,28 @@ class CrossAttentionBlock(nn.Module):
         kv = self.kv(rearrange(context, "b t l d -> (b t) l d"))
         out = merge_heads(attention(q, kv["k"], kv["v"], backend=self.attention_backend))
         return x2 + gate * self.proj(rearrange(out, "(b t) s d -> b t s d", b=x2.shape[0]))
+
+
+class ControlAdaLN(nn.Module):
+    """PadaLN (DynamiCtrl): control tokens, normalised with a timestep-conditioned shift and scale, gated and
+    added to the 2-D tokens: `x2 + gate · (LN(control) · (1 + scale) + shift)`.
+
+    The modulation is an `AdaLNModulation`, zero-initialised by `ISADiT.initialize_weights()`: the gate
+    starts at 0, so a fresh block is the identity.
+
+    Args:
+        dim: Hidden size D.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = layer_norm(dim)
+        self.adaLN_modulation = AdaLNModulation(dim, 3)
+
+    def forward(self, x2: torch.Tensor, control: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x2, control: (B, T', S, D); c: (B, D) or (B, T', D) -> (B, T', S, D)."""
+        shift, scale, gate = self.adaLN_modulation(c)
+        return x2 + gate * modulate(self.norm(control), shift, scale)
 
 
 class FinalLayer(nn.Module):

@@ -137,10 +137,13 @@ class DiTConditions:
         background_latent: (B, C, T', h, w) normalised VAE latent of the background video, or None
             (zeros: no background composition). Samples without a background hold zeros.
         ref_image_size: (H_r, W_r) that `ref_K` refers to; None means `image_size`.
+        control_latent: (B, C, T', h, w) normalised VAE latent of the rendered body video (normal maps or
+            shaded bodies) of the 2-D control baselines (`ISADiT(control=...)`); ignored otherwise.
         drop_ref: (B,) bool, drop the reference (classifier-free guidance): its channel concat becomes
             zeros, the pixel-aligned 3-D features zeros, the global image tokens the learned null tokens.
         drop_smpl: (B,) bool, drop the bodies: every 3-D token is masked out of the interspatial
-            attention, so the 2-D tokens see no body (exactly as with `person_mask` all False).
+            attention, so the 2-D tokens see no body (exactly as with `person_mask` all False), and the
+            control latent becomes zeros.
         drop_camera: (B,) bool, drop the Plücker camera tokens (replaced by a learned null token). The
             cameras still place the body points in the ISPE; only the explicit camera path is dropped.
     """
@@ -160,6 +163,7 @@ class DiTConditions:
     canonical_points: torch.Tensor | None = None
     background_latent: torch.Tensor | None = None
     ref_image_size: tuple[int, int] | None = None
+    control_latent: torch.Tensor | None = None
     drop_ref: torch.Tensor | None = None
     drop_smpl: torch.Tensor | None = None
     drop_camera: torch.Tensor | None = None
@@ -242,8 +246,9 @@ class DiTConditions:
         if latent is not None:
             _, C, Tl, h, w = latent.shape
             expected["ref_latent"] = (B, C, 1, h, w)
-            if self.background_latent is not None:
-                expected["background_latent"] = (B, C, Tl, h, w)
+            for name in ("background_latent", "control_latent"):
+                if getattr(self, name) is not None:
+                    expected[name] = (B, C, Tl, h, w)
             frame_padding(T, Tl)
         for name, shape in expected.items():
             value = getattr(self, name)
@@ -265,11 +270,11 @@ def slice_conditions(
     """The conditions of latent frames `[latent_start, latent_stop)` of a longer video.
 
     Per-video-frame fields (points, cameras) are cut to `video_frame_range(latent_start, latent_stop,
-    pad)`; the background latent to the latent range; the reference and drop flags are kept. A window
-    starting at latent frame 0 of a clip is again a clip (`T = 4T' - 3`); any other window has every
-    latent frame covering four video frames (`T = 4T'`), which the model reads from the frame counts.
-    Each latent frame of the window therefore sees exactly the video frames (and cameras) it has in the
-    whole video.
+    pad)`; the background and control latents to the latent range; the reference and drop flags are
+    kept. A window starting at latent frame 0 of a clip is again a clip (`T = 4T' - 3`); any other window
+    has every latent frame covering four video frames (`T = 4T'`), which the model reads from the frame
+    counts. Each latent frame of the window therefore sees exactly the video frames (and cameras) it has
+    in the whole video.
 
     Args:
         cond: Conditions of the whole video (T video frames).
@@ -286,14 +291,20 @@ def slice_conditions(
         raise ValueError(f"window [{latent_start}, {latent_stop}) exceeds {num_latent_frames} latent frames")
     pad = frame_padding(cond.num_frames, num_latent_frames)
     start, stop = video_frame_range(latent_start, latent_stop, pad)
-    background = cond.background_latent
+    latents = {
+        name: None if value is None else value[:, :, latent_start:latent_stop]
+        for name, value in (
+            ("background_latent", cond.background_latent),
+            ("control_latent", cond.control_latent),
+        )
+    }
     return dataclasses.replace(
         cond,
         points=cond.points[:, :, start:stop],
         K=cond.K[:, start:stop],
         R=cond.R[:, start:stop],
         t=cond.t[:, start:stop],
-        background_latent=None if background is None else background[:, :, latent_start:latent_stop],
+        **latents,
     )
 
 

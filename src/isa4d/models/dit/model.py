@@ -1,5 +1,7 @@
 """ISA-DiT (paper §5, SPEC §2): a video DiT with a 2-D latent branch and a 3-D body-point branch joined by
-symmetric interspatial attention; identity, camera and background conditioning; named sizes.
+symmetric interspatial attention; identity, camera and background conditioning; named sizes. The
+ablation baselines of SPEC §3 are options of the same network (docs/baselines.md): no 3-D branch, a
+rendered control video (ControlNet copy, PadaLN or channel concatenation), the reference as a prefix frame.
 
 Read top to bottom: `ISADiTLayer` (the five steps of one layer), `ISADiT` (embeddings → layers → final
 layer), `initialize_weights()`, the size factories and `DIT_MODELS`.
@@ -7,17 +9,21 @@ layer), `initialize_weights()`, the size factories and `DIT_MODELS`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from einops import rearrange
+import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from isa4d.geometry import plucker_image
 from isa4d.models.dit.attention import ATTENTION_BACKENDS
 from isa4d.models.dit.blocks import (
     AdaLNModulation,
+    ControlAdaLN,
     CrossAttentionBlock,
     FinalLayer,
     ISABlock,
@@ -25,7 +31,7 @@ from isa4d.models.dit.blocks import (
     SpatialBlock,
     TemporalBlock,
 )
-from isa4d.models.dit.conditions import DiTConditions, frame_padding
+from isa4d.models.dit.conditions import FRAMES_PER_LATENT, DiTConditions, frame_padding
 from isa4d.models.dit.embeddings import (
     InterspatialPE,
     PatchEmbed,
@@ -40,6 +46,10 @@ from isa4d.models.dit.embeddings import (
 from isa4d.models.dit.image_encoders import build_image_encoder
 
 PLUCKER_CHANNELS = 6
+REF_MODES = ("concat", "prefix")
+"""How the reference latent enters the 2-D branch: concatenated on channels, or a clean prefix frame."""
+CONTROLS = ("controlnet", "padaln", "concat")
+"""How a rendered control video enters the 2-D branch (`control=None`: no control video)."""
 
 
 class ISADiTLayer(nn.Module):
@@ -47,6 +57,10 @@ class ISADiTLayer(nn.Module):
 
     1. `SpatialBlock` on the 2-D tokens; 2. `TemporalBlock` on the 2-D tokens; 3. `PointTemporalBlock` on
     the 3-D tokens; 4. `ISABlock` (3-D ↔ 2-D); 5. `CrossAttentionBlock` (2-D → camera + identity).
+
+    Without the 3-D branch (`branch_3d=False`, the 2-D baselines) step 3 is gone and step 4 is the ISA
+    block's 2-D branch alone: with no 3-D keys that is a `SpatialBlock` (`isa_2d`: adaLN, self-attention
+    over the latent frame's tokens, FFN; the same parameters as the ISA block's 2-D branch).
     """
 
     def __init__(
@@ -58,30 +72,42 @@ class ISADiTLayer(nn.Module):
         pe_dim: int | None,
         last: bool,
         qk_norm: bool,
+        branch_3d: bool = True,
     ) -> None:
         super().__init__()
+        self.branch_3d = branch_3d
         self.spatial = SpatialBlock(dim, heads, mlp_ratio, qk_norm)
         self.temporal = TemporalBlock(dim, heads, mlp_ratio, qk_norm)
-        self.point_temporal = PointTemporalBlock(dim, heads, mlp_ratio, qk_norm)
-        self.isa = ISABlock(dim, heads, mlp_ratio, isa_mode, pe_dim, pre_only=last, qk_norm=qk_norm)
+        if branch_3d:
+            self.point_temporal = PointTemporalBlock(dim, heads, mlp_ratio, qk_norm)
+            self.isa = ISABlock(dim, heads, mlp_ratio, isa_mode, pe_dim, pre_only=last, qk_norm=qk_norm)
+        else:
+            self.isa_2d = SpatialBlock(dim, heads, mlp_ratio, qk_norm)
         self.cross = CrossAttentionBlock(dim, heads, qk_norm)
 
     def forward(
         self,
         x2: torch.Tensor,
-        x3: torch.Tensor,
+        x3: torch.Tensor | None,
         c: torch.Tensor,
+        c2: torch.Tensor,
         key_mask3: torch.Tensor | None,
         pad: int,
         pe3: torch.Tensor | None,
         pe2: torch.Tensor | None,
         camera: torch.Tensor,
         identity: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x2 = self.temporal(self.spatial(x2, c), c)
-        x3 = self.point_temporal(x3, c)
-        x3, x2 = self.isa(x3, x2, c, key_mask3, pad, pe3, pe2)
-        return self.cross(x2, c, camera, identity), x3
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x2: (B, T', S, D) 2-D tokens; x3: (B, T, M, D) 3-D tokens (None without the 3-D branch); c: (B, D)
+        conditioning; c2: (B, D) or (B, T', D) conditioning of the 2-D tokens; the rest as in `ISABlock` and
+        `CrossAttentionBlock`. Returns the updated (x2, x3)."""
+        x2 = self.temporal(self.spatial(x2, c2), c2)
+        if self.branch_3d:
+            x3 = self.point_temporal(x3, c)
+            x3, x2 = self.isa(x3, x2, c, key_mask3, pad, pe3, pe2, c2=c2)
+        else:
+            x2 = self.isa_2d(x2, c2)
+        return self.cross(x2, c2, camera, identity), x3
 
 
 class ISADiT(nn.Module):
@@ -106,6 +132,19 @@ class ISADiT(nn.Module):
         qk_norm: RMS-normalise queries and keys in every attention.
         attention_backend: `"sdpa"` or `"xformers"` (see `isa4d.models.dit.attention`).
         gradient_checkpointing: Recompute each layer's activations in the backward pass.
+        branch_3d: The 3-D branch (body-point tokens, ISPE, ISA, pixel-aligned identity); False keeps the
+            2-D blocks only (`ISADiTLayer`) and ignores the point, ISA and ISPE options (2-D baselines).
+        ref_mode: `"concat"`: the reference latent on channels of every frame; `"prefix"` (HumanDiT): the
+            reference latent as a clean latent frame 0 (time 0 in its adaLN, no 3-D keys, the reference
+            camera's Plücker tokens), dropped from the output, so the loss never sees it.
+        control: How `DiTConditions.control_latent` enters (None: not at all): `"controlnet"` (a trainable
+            copy of the first `controlnet_layers` layers, fed `x2 + zero-linear(control patches)`, each
+            output through a zero-init linear added to the main layer's 2-D tokens), `"padaln"` (control
+            patches through `ControlAdaLN` before every layer, zero gate) or `"concat"` (C more input
+            channels with zero-initialised patch weights).
+        control_video: What `ConditionBuilder` renders for `control_latent`: `"normal"` (normal maps) or
+            `"body"` (shaded part-coloured bodies); required with `control`, None without.
+        controlnet_layers: Layers copied by the ControlNet; None: half the depth (rounded up).
     """
 
     def __init__(
@@ -128,8 +167,24 @@ class ISADiT(nn.Module):
         qk_norm: bool = True,
         attention_backend: str = "sdpa",
         gradient_checkpointing: bool = False,
+        branch_3d: bool = True,
+        ref_mode: str = "concat",
+        control: str | None = None,
+        control_video: str | None = None,
+        controlnet_layers: int | None = None,
     ) -> None:
         super().__init__()
+        if ref_mode not in REF_MODES:
+            raise ValueError(f"unknown ref_mode {ref_mode!r}; choose from {REF_MODES}")
+        if control is not None and control not in CONTROLS:
+            raise ValueError(f"unknown control {control!r}; choose None or one of {CONTROLS}")
+        if (control is None) != (control_video is None):
+            raise ValueError(
+                f"control={control!r} needs control_video (what to render, e.g. 'normal') and vice versa"
+            )
+        num_copies = math.ceil(depth / 2) if controlnet_layers is None else controlnet_layers
+        if control == "controlnet" and not 1 <= num_copies <= depth:
+            raise ValueError(f"controlnet_layers must be in [1, depth={depth}], got {controlnet_layers}")
         self.config: dict[str, Any] = {
             "latent_channels": latent_channels,
             "patch_size": patch_size,
@@ -149,31 +204,55 @@ class ISADiT(nn.Module):
             "qk_norm": qk_norm,
             "attention_backend": attention_backend,
             "gradient_checkpointing": gradient_checkpointing,
+            "branch_3d": branch_3d,
+            "ref_mode": ref_mode,
+            "control": control,
+            "control_video": control_video,
+            "controlnet_layers": controlnet_layers,
         }
         D, C, p = hidden_size, latent_channels, patch_size
         self.latent_channels, self.patch_size, self.hidden_size = C, p, D
         self.gradient_checkpointing = gradient_checkpointing
+        self.branch_3d, self.ref_mode, self.control = branch_3d, ref_mode, control
+        self.use_ispe = use_ispe and branch_3d
 
         self.t_embedder = TimestepEmbedder(D)
-        self.x_embedder = PatchEmbed(3 * C, D, p)  # [noisy ; reference ; background]
+        # [noisy ; reference (ref_mode "concat") ; background ; control (control "concat")]
+        in_channels = C * (2 + (ref_mode == "concat") + (control == "concat"))
+        self.x_embedder = PatchEmbed(in_channels, D, p)
         self.camera_embedder = PatchEmbed(4 * PLUCKER_CHANNELS, D, p)
-        self.point_encoder = SMPLTokenEncoder(D, point_bands, point_max_period, use_canonical)
-        self.ref_sampler = ReferenceFeatureSampler(C, D)
-        self.ispe = InterspatialPE(ispe_bands, near=ispe_near, far=ispe_far)
-        self.use_ispe = use_ispe
+        if branch_3d:
+            self.point_encoder = SMPLTokenEncoder(D, point_bands, point_max_period, use_canonical)
+            self.ref_sampler = ReferenceFeatureSampler(C, D)
+            self.ispe = InterspatialPE(ispe_bands, near=ispe_near, far=ispe_far)
         self.image_encoder = build_image_encoder(self.config["image_encoder"])
         if self.image_encoder is not None:
             self.identity_proj = nn.Linear(self.image_encoder.embed_dim, D)
             self.null_identity = nn.Parameter(torch.zeros(self.image_encoder.num_tokens, D))
         self.null_camera = nn.Parameter(torch.zeros(D))
 
-        pe_dim = self.ispe.out_dim if use_ispe else None
-        self.layers = nn.ModuleList(
-            [
-                ISADiTLayer(D, num_heads, mlp_ratio, isa_mode, pe_dim, last=i == depth - 1, qk_norm=qk_norm)
-                for i in range(depth)
-            ]
-        )
+        pe_dim = self.ispe.out_dim if self.use_ispe else None
+
+        def layer(i: int) -> ISADiTLayer:
+            return ISADiTLayer(
+                D,
+                num_heads,
+                mlp_ratio,
+                isa_mode,
+                pe_dim,
+                last=i == depth - 1,
+                qk_norm=qk_norm,
+                branch_3d=branch_3d,
+            )
+
+        self.layers = nn.ModuleList([layer(i) for i in range(depth)])
+        if control in ("controlnet", "padaln"):
+            self.control_embedder = PatchEmbed(C, D, p)
+        if control == "padaln":
+            self.control_adaln = nn.ModuleList([ControlAdaLN(D) for _ in range(depth)])
+        if control == "controlnet":
+            self.controlnet = nn.ModuleList([layer(i) for i in range(num_copies)])
+            self.controlnet_proj = nn.ModuleList([nn.Linear(D, D) for _ in range(num_copies)])
         self.final_layer = FinalLayer(D, p, C)
         self.set_attention_backend(attention_backend)
         self.initialize_weights()
@@ -186,7 +265,12 @@ class ISADiT(nn.Module):
     def initialize_weights(self) -> None:
         """DiT initialisation: Xavier linears with zero bias (the image encoder keeps its own, possibly
         pretrained, weights); N(0, 0.02) timestep MLP and null tokens; adaLN modulations and the final
-        linear zero, so every block starts as the identity and the model outputs exactly zero velocity."""
+        linear zero, so every block starts as the identity and the model outputs exactly zero velocity.
+
+        Control paths start switched off, so a fresh model equals the same model without its control
+        input: `"concat"` zeroes the control channels' patch weights; `"padaln"` has zero gates (its
+        modulations are adaLN ones); `"controlnet"` zeroes the input linear (`control_embedder`) and the
+        output linears (`controlnet_proj`) and copies the weights of the first layers into the copy."""
         pretrained = (
             {id(m) for m in self.image_encoder.modules()} if self.image_encoder is not None else set()
         )
@@ -205,6 +289,16 @@ class ISADiT(nn.Module):
                 nn.init.zeros_(module.linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.control == "concat":  # weight columns are ordered (p1 p2 c): the control is the last C of c
+            p = self.patch_size
+            columns = self.x_embedder.proj.weight.view(self.hidden_size, p, p, -1)
+            nn.init.zeros_(columns[..., -self.latent_channels :])
+        if self.control == "controlnet":
+            for linear in (self.control_embedder.proj, *self.controlnet_proj):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+            for copy, layer in zip(self.controlnet, self.layers, strict=False):
+                copy.load_state_dict(layer.state_dict())
 
     def set_attention_backend(self, backend: str) -> None:
         """Use `"sdpa"` or `"xformers"` in every attention."""
@@ -228,56 +322,111 @@ class ISADiT(nn.Module):
             cond: The conditions, with T = 4T' - 3 (a clip) or 4T' (a window) video frames.
 
         Returns:
-            (B, C, T', h, w) velocity.
+            (B, C, T', h, w) velocity (with `ref_mode="prefix"` the prefix frame is dropped).
         """
         cond.validate(x_t)
         B, C, Tl, h, w = x_t.shape
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"latent size {(h, w)} is not divisible by the patch size {p}")
-        hp, wp = h // p, w // p
-        pad = frame_padding(cond.num_frames, Tl)
+        prefix = int(self.ref_mode == "prefix")  # 2-D latent frames: the prefix (if any), then the video's
+        pad = frame_padding(cond.num_frames, Tl) + FRAMES_PER_LATENT * prefix  # the prefix has no 3-D frames
         dtype = self.x_embedder.proj.weight.dtype
         device = x_t.device
         t = torch.as_tensor(t, device=device, dtype=torch.float32).expand(B)
         drop_ref, drop_smpl, drop_camera = (cond.drop_flags(name) for name in ("ref", "smpl", "camera"))
         c = self.t_embedder(t)
+        c2 = c  # conditioning of the 2-D tokens: per latent frame with a prefix (time 0 there)
+        if prefix:
+            c0 = self.t_embedder(torch.zeros_like(t))
+            c2 = torch.cat([c0[:, None], c[:, None].expand(-1, Tl, -1)], dim=1)
 
-        # 2-D tokens: [noisy ; reference (broadcast over time) ; background or zeros] -> patches.
-        ref = torch.where(drop_ref[:, None, None, None, None], 0.0, cond.ref_latent).expand(
-            -1, -1, Tl, -1, -1
-        )
+        # 2-D tokens: [noisy ; reference (broadcast over time) ; background or zeros (; control)] -> patches;
+        # or with a prefix: [reference ; zeros] as latent frame 0, then [noisy ; background (; control)].
+        ref = torch.where(drop_ref[:, None, None, None, None], 0.0, cond.ref_latent)
         background = cond.background_latent if cond.background_latent is not None else torch.zeros_like(x_t)
-        x2 = self.x_embedder(torch.cat([x_t, ref, background], dim=1).to(dtype))
-        x2 = x2 + self._position_table(Tl, hp, wp, device).to(dtype)
+        control = self._control_latent(cond, drop_smpl)
+        channels = [x_t, background] if prefix else [x_t, ref.expand(-1, -1, Tl, -1, -1), background]
+        if self.control == "concat":
+            channels.append(control)
+        inputs = torch.cat(channels, dim=1)
+        if prefix:
+            inputs = torch.cat([F.pad(ref, (0, 0, 0, 0, 0, 0, 0, inputs.shape[1] - C)), inputs], dim=2)
+            control = None if control is None else F.pad(control, (0, 0, 0, 0, 1, 0))
+        x2 = self.x_embedder(inputs.to(dtype))
+        x2 = x2 + self._position_table(Tl + prefix, h // p, w // p, device).to(dtype)
+        control_tokens = None
+        if self.control in ("controlnet", "padaln"):
+            control_tokens = self.control_embedder(control.to(dtype))
 
-        # 3-D tokens: γ(points) MLP (+ canonical) + frame index + pixel-aligned reference features.
+        # 3-D tokens (with the ISPE encodings and the ISA key mask); context: camera and identity tokens.
+        x3 = key_mask3 = pe3 = pe2 = None
+        if self.branch_3d:
+            x3, key_mask3, pe3, pe2 = self._body_tokens(cond, drop_ref, drop_smpl, (h, w))
+        camera = self._camera_tokens(cond, drop_camera, (h, w), Tl, prefix)
+        identity = self._identity_tokens(cond, drop_ref)
+
+        args = (c, c2, key_mask3, pad, pe3, pe2, camera, identity)
+        residuals = []
+        if self.control == "controlnet":
+            h2, h3 = x2 + control_tokens, x3
+            for copy, proj in zip(self.controlnet, self.controlnet_proj, strict=True):
+                h2, h3 = self._run(copy, h2, h3, args)
+                residuals.append(proj(h2))
+        for i, layer in enumerate(self.layers):
+            if self.control == "padaln":
+                x2 = self.control_adaln[i](x2, control_tokens, c2)
+            x2, x3 = self._run(layer, x2, x3, args)
+            if i < len(residuals):
+                x2 = x2 + residuals[i]
+        return unpatchify(self.final_layer(x2, c2), p, h, w)[:, :, prefix:].to(x_t.dtype)
+
+    def _run(
+        self, layer: ISADiTLayer, x2: torch.Tensor, x3: torch.Tensor | None, args: tuple[Any, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One layer, recomputed in backward with gradient checkpointing."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, x2, x3, *args, use_reentrant=False)
+        return layer(x2, x3, *args)
+
+    def _control_latent(self, cond: DiTConditions, drop_smpl: torch.Tensor) -> torch.Tensor | None:
+        """(B, C, T', h, w) control latent, zeros where the bodies are dropped; None without control."""
+        if self.control is None:
+            return None
+        if cond.control_latent is None:
+            raise ValueError(
+                f"this ISADiT has control={self.control!r}: set DiTConditions.control_latent (the VAE latent "
+                f"of the rendered {self.config['control_video']!r} video, `ConditionBuilder` does it)"
+            )
+        return torch.where(drop_smpl[:, None, None, None, None], 0.0, cond.control_latent)
+
+    def _body_tokens(
+        self,
+        cond: DiTConditions,
+        drop_ref: torch.Tensor,
+        drop_smpl: torch.Tensor,
+        latent_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """3-D tokens: γ(points) MLP (+ canonical) + frame index + pixel-aligned reference features.
+
+        Returns:
+            x3 (B, T, P·N, D); the ISA key mask (B, P·N) (None when every key is valid); the ISPE encodings
+            of the 3-D tokens (B, T, P·N, E) and of the patch grid (S, E) (None without ISPE).
+        """
+        dtype = self.x_embedder.proj.weight.dtype
         person_mask = cond.person_mask.to(torch.bool)
         points = torch.where(person_mask[:, :, None, None, None], cond.points, 0.0)
         ref_points = torch.where(person_mask[:, :, None, None], cond.ref_points, 0.0)
-        pe3, pe2, ref_ndc, rays = self._geometry(cond, points, ref_points, (h, w), Tl)
+        pe3, pe2, ref_ndc = self._geometry(cond, points, ref_points, latent_size)
         x3 = self.point_encoder(points, cond.canonical_points)
-        frames = torch.arange(cond.num_frames, device=device)
+        frames = torch.arange(cond.num_frames, device=points.device)
         x3 = x3 + sincos_1d(frames, self.hidden_size)[None, :, None].to(dtype)
         ref_features = self.ref_sampler(cond.ref_latent, ref_ndc)
         x3 = x3 + torch.where(drop_ref[:, None, None, None], 0.0, ref_features[:, None])
-        N = cond.num_points
-        key_mask3 = (person_mask & ~drop_smpl[:, None]).repeat_interleave(N, dim=1)
+        key_mask3 = (person_mask & ~drop_smpl[:, None]).repeat_interleave(cond.num_points, dim=1)
         if bool(key_mask3.all()):  # the common case: no mask (FlashAttention-eligible when pad == 0)
             key_mask3 = None
-
-        # Context: Plücker tokens per latent frame (null when dropped) and the global identity tokens.
-        camera = self.camera_embedder(rays.to(dtype)) + sincos_2d(hp, wp, self.hidden_size, device).to(dtype)
-        camera = torch.where(drop_camera[:, None, None, None], self.null_camera.to(dtype), camera)
-        identity = self._identity_tokens(cond, drop_ref)
-
-        for layer in self.layers:
-            args = (x2, x3, c, key_mask3, pad, pe3, pe2, camera, identity)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x2, x3 = checkpoint(layer, *args, use_reentrant=False)
-            else:
-                x2, x3 = layer(*args)
-        return unpatchify(self.final_layer(x2, c), p, h, w).to(x_t.dtype)
+        return x3, key_mask3, pe3, pe2
 
     def _geometry(
         self,
@@ -285,11 +434,10 @@ class ISADiT(nn.Module):
         points: torch.Tensor,
         ref_points: torch.Tensor,
         latent_size: tuple[int, int],
-        Tl: int,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Camera geometry in float32 with autocast off (bf16 cameras are too coarse, and some linear
-        algebra has no bf16 kernel): ISPE encodings of the 3-D tokens (B, T, M, E) and of the patch grid
-        (S, E) (None without ISPE), reference-point NDC (B, P·N, 3) and Plücker rays (B, 24, T', h, w)."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """Body geometry in float32 with autocast off (bf16 cameras are too coarse, and some linear algebra
+        has no bf16 kernel): ISPE encodings of the 3-D tokens (B, T, M, E) and of the patch grid (S, E)
+        (None without ISPE) and reference-point NDC (B, P·N, 3)."""
         h, w = latent_size
         p = self.patch_size
         with torch.autocast(points.device.type, enabled=False):
@@ -306,8 +454,34 @@ class ISADiT(nn.Module):
                 cond.ref_t.float(),
                 cond.ref_image_size or cond.image_size,
             )
-            rays = camera_rays(K, R, t, cond.image_size, (h, w), Tl)
-        return pe3, pe2, ref_ndc, rays
+        return pe3, pe2, ref_ndc
+
+    def _camera_tokens(
+        self,
+        cond: DiTConditions,
+        drop_camera: torch.Tensor,
+        latent_size: tuple[int, int],
+        Tl: int,
+        prefix: int,
+    ) -> torch.Tensor:
+        """(B, prefix + T', S, D) Plücker tokens per latent frame (the null token where dropped); a prefix
+        frame gets the reference camera's rays (four times, like latent frame 0 of a clip)."""
+        dtype = self.x_embedder.proj.weight.dtype
+        h, w = latent_size
+        with torch.autocast(cond.K.device.type, enabled=False):  # float32 cameras, as in `_geometry`
+            rays = camera_rays(cond.K.float(), cond.R.float(), cond.t.float(), cond.image_size, (h, w), Tl)
+            if prefix:
+                ref_size = cond.ref_image_size or cond.image_size
+                ref_rays = plucker_image(
+                    cond.ref_K.float(), cond.ref_R.float(), cond.ref_t.float(), ref_size, (h, w)
+                )
+                ref_rays = repeat(ref_rays, "b c h w -> b (f c) 1 h w", f=FRAMES_PER_LATENT)
+                rays = torch.cat([ref_rays, rays], dim=2)
+        p = self.patch_size
+        camera = self.camera_embedder(rays.to(dtype)) + sincos_2d(
+            h // p, w // p, self.hidden_size, rays.device
+        ).to(dtype)
+        return torch.where(drop_camera[:, None, None, None], self.null_camera.to(dtype), camera)
 
     def _position_table(self, Tl: int, hp: int, wp: int, device: torch.device) -> torch.Tensor:
         """Fixed sin-cos positions of the 2-D tokens: patch grid + latent frame index, (T', S, D)."""

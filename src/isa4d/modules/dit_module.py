@@ -1,0 +1,285 @@
+"""Stage 2 of ISA4D as a LightningModule: the ISA-DiT trained by flow matching on frozen-VAE latents.
+
+`DiTModule` is assembled from objects built elsewhere (the `ISADiT`, the `FlowMatching` objective,
+optimiser/scheduler factories) plus a `ConditionBuilder` (frozen stage-1 VAE loaded from `vae_ckpt`,
+body model, fixed surface points; the control-video renderer of the 2-D baselines) that turns
+`HumanVideoDataModule` batches into `(x0, DiTConditions)` (docs/train_dit.md):
+
+* training: flow-matching loss with condition dropout (reference, SMPL, camera; background too);
+* validation: `val/flow_loss`, the flow loss at fixed times with per-sample noise seeded by the clip
+  key, so numbers are comparable across runs and checkpoints;
+* optional EMA of the DiT weights (used for validation, sample videos and generation);
+* checkpoints hold the DiT (and EMA) weights, the surface points, and the VAE checkpoint's path and
+  config in the hyper-parameters, not the VAE weights.
+
+`DiTModule.load_from_checkpoint(ckpt)` (or `load_dit_module(ckpt)`) rebuilds it for inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from einops import rearrange
+from torch import nn
+
+from isa4d.body import PROCEDURAL, load_body_model
+from isa4d.diffusion import FlowMatching, flow_matching_loss
+from isa4d.models.dit import DiTConditions, ISADiT
+from isa4d.modules.dit_batch import ConditionBuilder
+from isa4d.modules.ema import EMA
+from isa4d.modules.vae_module import load_vae
+
+log = logging.getLogger(__name__)
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+VAE_PREFIX = "builder.vae."
+"""State-dict prefix of the frozen VAE: never written to DiT checkpoints."""
+VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def _default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+
+
+def key_seed(key: str, seed: int = 0) -> int:
+    """A stable per-sample seed from a clip key (CRC32, the same in every process and run)."""
+    return (seed + zlib.crc32(key.encode())) % 2**63
+
+
+def seeded_noise(
+    keys: Sequence[str], shape: Sequence[int], device: torch.device, seed: int = 0
+) -> torch.Tensor:
+    """Standard normal noise `(B, *shape)`, sample b drawn from a generator seeded by `keys[b]`."""
+    return torch.stack(
+        [
+            torch.randn(*shape, generator=torch.Generator().manual_seed(key_seed(key, seed))).to(device)
+            for key in keys
+        ]
+    )
+
+
+class DiTModule(L.LightningModule):
+    """Trains an `ISADiT` with rectified flow matching on the latents of a frozen stage-1 VAE.
+
+    Args:
+        dit: The network, or its `config` dict (how `load_from_checkpoint` rebuilds it).
+        vae_ckpt: Stage-1 `VAEModule` checkpoint; its (EMA) VAE encodes videos and decodes samples.
+        body_source: Body model source (`"procedural"` or an SMPL-format `.npz`, see `load_body_model`).
+        num_points: N, surface points per person (SPEC §2).
+        point_seed: Seed of the surface points (saved in checkpoints anyway).
+        flow: The objective (logit-normal times, condition dropout), or its fields as a dict.
+        p_drop_background: Probability of training a sample without its background (zero latent),
+            so that generation without a background is in distribution (not in the paper).
+        optimizer: Factory `params -> Optimizer` (a Hydra `_partial_`); default AdamW(lr 1e-4, wd 0).
+        scheduler: Optional factory `optimizer -> LRScheduler`, stepped every optimiser step.
+        ema_decay: Keep an EMA of the DiT weights (e.g. 0.9999) used for validation and sampling.
+        ema_warmup: Warm the EMA decay up as `(1 + n) / (10 + n)`.
+        gradient_checkpointing: Recompute every DiT layer in backward (memory).
+        sample_posterior: Train on posterior samples of the video latents (else the mean).
+        val_times: Flow times of the validation loss (each sample is evaluated at all of them).
+        val_seed: Seed of the validation noise (combined with each clip's key).
+        vae_config: Filled in from the VAE (a record for the hyper-parameters; ignored as input).
+    """
+
+    def __init__(
+        self,
+        dit: ISADiT | Mapping[str, Any],
+        vae_ckpt: str | Path,
+        body_source: str | Path = PROCEDURAL,
+        num_points: int = 256,
+        point_seed: int = 0,
+        flow: FlowMatching | Mapping[str, Any] | None = None,
+        p_drop_background: float = 0.1,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        ema_decay: float | None = None,
+        ema_warmup: bool = True,
+        gradient_checkpointing: bool = False,
+        sample_posterior: bool = False,
+        val_times: Sequence[float] = VAL_TIMES,
+        val_seed: int = 0,
+        vae_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if vae_ckpt is None or str(vae_ckpt) in ("", "???"):
+            raise ValueError("DiTModule needs vae_ckpt: the stage-1 VAE checkpoint (model.vae_ckpt=PATH)")
+        if not Path(vae_ckpt).is_file():
+            raise FileNotFoundError(
+                f"vae_ckpt={vae_ckpt}: no such file. Train the VAE first (`make train-vae`) and pass its "
+                "checkpoint, e.g. model.vae_ckpt=logs/train_vae/runs/<run>/checkpoints/last.ckpt"
+            )
+        if not 0.0 <= p_drop_background <= 1.0:
+            raise ValueError(f"p_drop_background must be in [0, 1], got {p_drop_background}")
+        if not val_times or not all(0.0 < float(t) <= 1.0 for t in val_times):
+            raise ValueError(f"val_times must be in (0, 1], got {list(val_times)}")
+        self.dit = dit if isinstance(dit, ISADiT) else ISADiT.from_config(dit)
+        self.dit.set_gradient_checkpointing(gradient_checkpointing)
+        vae = load_vae(vae_ckpt)
+        self.builder = ConditionBuilder(
+            vae,
+            load_body_model(str(body_source)),
+            num_points,
+            point_seed,
+            sample_posterior,
+            control_video=self.dit.config["control_video"],
+        )
+        if flow is None or isinstance(flow, Mapping):
+            flow = FlowMatching(**dict(flow or {}))
+        self.flow = flow
+        self.optimizer_factory = optimizer or _default_optimizer
+        self.scheduler_factory = scheduler
+        self.ema = EMA(self.dit, ema_decay, ema_warmup) if ema_decay is not None else None
+        self.save_hyperparameters(
+            {
+                "dit": self.dit.config,
+                "vae_ckpt": str(vae_ckpt),
+                "body_source": str(body_source),
+                "num_points": num_points,
+                "point_seed": point_seed,
+                "flow": dataclasses.asdict(flow),
+                "p_drop_background": p_drop_background,
+                "ema_decay": ema_decay,
+                "ema_warmup": ema_warmup,
+                "gradient_checkpointing": gradient_checkpointing,
+                "sample_posterior": sample_posterior,
+                "val_times": [float(t) for t in val_times],
+                "val_seed": val_seed,
+                "vae_config": vae.config,
+            }
+        )
+
+    @property
+    def vae(self) -> nn.Module:
+        """The frozen stage-1 VAE."""
+        return self.builder.vae
+
+    @contextmanager
+    def ema_scope(self) -> Iterator[None]:
+        """Run the block with the EMA weights in `self.dit` (a no-op without EMA, or when nested)."""
+        if self.ema is None:
+            yield
+            return
+        with self.ema.swapped(self.dit):
+            yield
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: DiTConditions) -> torch.Tensor:
+        """The velocity `(B, C, T', h, w)` of the DiT."""
+        return self.dit(x_t, t, cond)
+
+    # ---------------------------------------------------------------------------------- training
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory([p for p in self.dit.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.trainer.precision in ("16-mixed", "16"):
+            log.warning("DiTModule is meant for bf16-mixed or 32-true; fp16 may overflow in attention")
+
+    def drop_backgrounds(self, cond: DiTConditions) -> DiTConditions:
+        """Zero the background latent of a random `p_drop_background` fraction of the samples."""
+        p = self.hparams.p_drop_background
+        if cond.background_latent is None or p <= 0:
+            return cond
+        keep = torch.rand(cond.batch_size, device=cond.background_latent.device) >= p
+        return dataclasses.replace(
+            cond, background_latent=cond.background_latent * rearrange(keep.float(), "b -> b 1 1 1 1")
+        )
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        """Flow-matching loss with condition dropout on the batch's (frozen-VAE) latents."""
+        x0, cond = self.builder(batch)
+        loss = self.flow.loss(self.dit, x0, self.drop_backgrounds(cond))
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.dit)
+
+    # ---------------------------------------------------------------------------------- validation
+
+    @torch.no_grad()
+    def fixed_time_losses(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Flow loss at each of `val_times`, `(len(val_times),)`, averaged over the batch.
+
+        Latents are posterior means, the noise of each sample is seeded by its key (and `val_seed`), no
+        condition is dropped: the numbers depend only on the weights and the data.
+        """
+        x0, cond = self.builder.encode(batch["video"]), self.builder.conditions(batch)
+        noise = seeded_noise(batch["key"], x0.shape[1:], x0.device, self.hparams.val_seed).to(x0.dtype)
+        losses = []
+        for time in self.hparams.val_times:
+            t = torch.full((x0.shape[0],), float(time), device=x0.device)
+            losses.append(flow_matching_loss(self.dit, x0, cond, t=t, noise=noise))
+        return torch.stack(losses).float()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        with self.ema_scope():
+            losses = self.fixed_time_losses(batch)
+        size = len(batch["key"])
+        self.log("val/flow_loss", losses.mean(), prog_bar=True, sync_dist=True, batch_size=size)
+        for time, loss in zip(self.hparams.val_times, losses, strict=True):
+            self.log(f"val/flow_loss_t{time:g}", loss, sync_dist=True, batch_size=size)
+        return losses
+
+    # ---------------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(VAE_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        for name, value in self.builder.vae.state_dict().items():  # the VAE comes from vae_ckpt
+            state[VAE_PREFIX + name] = value
+        has_ema = any(k.startswith("ema.") for k in state)
+        if self.ema is None and has_ema:
+            for key in [k for k in state if k.startswith("ema.")]:
+                del state[key]
+        elif self.ema is not None and not has_ema:
+            log.info("checkpoint has no EMA weights; the EMA starts from its DiT weights")
+            for name, value in self.ema.state_dict().items():
+                source = "dit." + name.removeprefix("module.")
+                state["ema." + name] = state[source].clone() if source in state else value.clone()
+
+
+def load_dit_module(
+    ckpt_path: str | Path,
+    vae_ckpt: str | Path | None = None,
+    map_location: str | torch.device = "cpu",
+) -> DiTModule:
+    """A trained `DiTModule` in eval mode, frozen.
+
+    Args:
+        ckpt_path: A checkpoint written by `DiTModule` training.
+        vae_ckpt: The stage-1 checkpoint to use instead of the one recorded in the DiT checkpoint.
+        map_location: Device of the returned module.
+
+    Raises:
+        FileNotFoundError: if a checkpoint does not exist.
+    """
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"DiT checkpoint {ckpt_path} does not exist")
+    overrides = {} if vae_ckpt is None else {"vae_ckpt": str(vae_ckpt)}
+    module = DiTModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False, **overrides)
+    return module.to(map_location).requires_grad_(False).eval()
+
+
+__all__ = ["VAL_TIMES", "DiTModule", "key_seed", "load_dit_module", "seeded_noise"]
