@@ -18,7 +18,7 @@ ARGS ?=
 
 
 .PHONY: help install lock test test-full test-slow lint format demo data train-vae train-dit generate \
-	evaluate bench docker-build clean
+	evaluate ablate bench docker-build clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -68,8 +68,18 @@ format: install
 	$(PY) -m ruff format src tests
 	$(PY) -m ruff check --fix src tests
 
-demo: install ## data -> VAE -> DiT -> a generated video (tiny configs, CPU)
-	@echo "make demo: the stage-1/2 models are not implemented yet (README, 'Status'); nothing to run."; exit 2
+demo: install data ## data -> VAE -> DiT -> experiments/demo/demo.mp4 (tiny configs, CPU; trains what is missing)
+	@test -n "$$($(NEWEST_VAE))" || $(MAKE) --no-print-directory train-vae ARGS=
+	@test -n "$$($(NEWEST_DIT))" || $(MAKE) --no-print-directory train-dit ARGS=
+	$(VENV)/bin/isa4d generate ckpt_path=$$($(NEWEST_DIT)) output=$(DEMO_OUT) $(ARGS)
+	@echo "Demo video: $(DEMO_OUT)"
+
+# Run folders (conf/paths: ISA4D_LOGS overrides ./logs); the newest checkpoint of each stage, looked up
+# when a recipe runs (so a checkpoint trained earlier in the same `make` is found).
+LOG_DIR := $(or $(ISA4D_LOGS),logs)
+NEWEST_VAE = ls -t $(LOG_DIR)/train_vae/runs/*/checkpoints/last.ckpt 2>/dev/null | head -1
+NEWEST_DIT = ls -t $(LOG_DIR)/train_dit/runs/*/checkpoints/last.ckpt 2>/dev/null | head -1
+DEMO_OUT ?= experiments/demo/demo.mp4
 
 # Datasets (paths as in conf/paths: ISA4D_DATA overrides ./data). Each is built once; a `.complete`
 # stamp written after success makes reruns no-ops, and an interrupted build starts over.
@@ -94,14 +104,39 @@ VAE_EXPERIMENT ?= vae_tiny_cpu
 train-vae: install data ## train the tiny VAE on CPU (VAE_EXPERIMENT=, ARGS= Hydra overrides)
 	$(VENV)/bin/isa4d train-vae experiment=$(VAE_EXPERIMENT) $(ARGS)
 
-train-dit: install ## train the tiny ISA-DiT on CPU (ARGS= Hydra overrides)
-	$(VENV)/bin/isa4d train-dit $(ARGS)
+# The experiment of `make train-dit`; its stage-1 VAE: VAE_CKPT=path, else the newest one (trained first
+# with `make train-vae` when there is none).
+DIT_EXPERIMENT ?= dit_tiny_cpu
 
-generate: install ## generate a video (ARGS= Hydra overrides)
-	$(VENV)/bin/isa4d generate $(ARGS)
+train-dit: install data ## train the tiny ISA-DiT on CPU (DIT_EXPERIMENT=, VAE_CKPT=, ARGS= Hydra overrides)
+	@test -n "$(VAE_CKPT)$$($(NEWEST_VAE))" || $(MAKE) --no-print-directory train-vae ARGS=
+	$(VENV)/bin/isa4d train-dit experiment=$(DIT_EXPERIMENT) model.vae_ckpt=$(or $(VAE_CKPT),$$($(NEWEST_VAE))) $(ARGS)
 
-evaluate: install ## evaluate a checkpoint (ARGS= Hydra overrides)
-	$(VENV)/bin/isa4d evaluate $(ARGS)
+generate: install ## generate a video with the newest DiT checkpoint (DIT_CKPT=, ARGS= Hydra overrides)
+	$(VENV)/bin/isa4d generate ckpt_path=$(or $(DIT_CKPT),$$($(NEWEST_DIT))) $(ARGS)
+
+evaluate: install ## PSNR/SSIM/LPIPS/FVD of the newest VAE checkpoint (ARGS= Hydra overrides, e.g. mode=dit ckpt_path=...)
+	@test -n "$(ARGS)$$($(NEWEST_VAE))" || { echo "make evaluate: no VAE checkpoint under $(LOG_DIR)/train_vae (run make train-vae, or pass ARGS='mode=... ckpt_path=...')"; exit 2; }
+	$(VENV)/bin/isa4d evaluate $(or $(ARGS),mode=vae ckpt_path=$$($(NEWEST_VAE)))
+
+# `make ablate` (docs/ablation.md): the tiny VAE with and without the image-decoding regularisation, every
+# DiT variant x seed at equal steps on the first (experiment dit_ablate_cpu), then isa4d ablate-report,
+# all under one sweep folder $(LOG_DIR)/ablate/<time>/. ABLATE_VAE_STEPS= / ABLATE_DIT_STEPS= shorten the
+# runs (trainer.max_steps); ARGS= goes to the DiT sweep (e.g. ARGS="seed=1,2,3,4"). The report is written
+# even when some DiT jobs failed (they are listed as failed); the target then fails.
+ABLATE_DIR := $(LOG_DIR)/ablate/$(shell date +%Y-%m-%d_%H-%M-%S)
+ABLATE_OUT ?= experiments/ablation
+ABLATE_VAE_STEPS ?=
+ABLATE_DIT_STEPS ?=
+ABLATE_VAE = $(VENV)/bin/isa4d train-vae logger=many $(if $(ABLATE_VAE_STEPS),trainer.max_steps=$(ABLATE_VAE_STEPS))
+
+ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~45 min CPU; ARGS=)
+	$(ABLATE_VAE) experiment=vae_tiny_cpu hydra.run.dir=$(ABLATE_DIR)/vae_reg
+	$(ABLATE_VAE) experiment=vae_tiny_cpu_no_reg hydra.run.dir=$(ABLATE_DIR)/vae_no_reg
+	status=0; $(VENV)/bin/isa4d train-dit -m experiment=dit_ablate_cpu hydra.sweep.dir=$(ABLATE_DIR)/dit \
+	  model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt \
+	  $(if $(ABLATE_DIT_STEPS),trainer.max_steps=$(ABLATE_DIT_STEPS)) $(ARGS) || status=$$?; \
+	$(VENV)/bin/isa4d ablate-report $(ABLATE_DIR) --out $(ABLATE_OUT) && exit $$status
 
 # diffusers (the CogVideoX VAE peer of the VAE benchmark) is a bench-only dependency, installed into
 # this clone's .venv (pyproject extra `bench`), not into the shared environment.

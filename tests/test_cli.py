@@ -21,13 +21,6 @@ def test_version(capsys):
     assert __version__ in capsys.readouterr().out
 
 
-def test_unimplemented_command_says_so(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate"])
-    assert exit_info.value.code == 2
-    assert "not implemented" in capsys.readouterr().err
-
-
 def test_body_commands_are_registered():
     args = build_parser().parse_args(["body", "convert", "a.pkl", "b.npz"])
     assert callable(args.func)

@@ -4,9 +4,10 @@ Hydra-driven commands take Hydra overrides after the command name, exactly as a 
 would (`-m` for sweeps, `--cfg job` to print the composed config, `--help`):
 
     isa4d train-vae trainer=gpu data.batch_size=8
-    isa4d train-dit -m experiment=ablation_isa,ablation_no_pe seed=1,2,3
+    isa4d train-dit -m experiment=dit_ablate_cpu model.vae_ckpt=VAE.ckpt seed=1,2,3 +variant=isa,isa_no_pe
 
-Plain commands use ordinary flags: `isa4d body convert SMPL.pkl SMPL_NEUTRAL.npz`.
+Plain commands use ordinary flags: `isa4d body convert SMPL.pkl SMPL_NEUTRAL.npz`,
+`isa4d ablate-report logs/ablate/<time>`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from isa4d import __version__
 from isa4d.config import config_dir
 
 # command -> (root config, "module:function" of the Hydra task, help)
-HYDRA_COMMANDS: dict[str, tuple[str, str | None, str]] = {
+HYDRA_COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-vae": ("train_vae", "isa4d.train:main", "train the stage-1 causal video VAE"),
     "train-dit": ("train_dit", "isa4d.train:main", "train the stage-2 ISA-DiT"),
-    "generate": ("generate", None, "generate a video from a reference image, motion and camera"),
+    "generate": (
+        "generate",
+        "isa4d.generate:main",
+        "generate a video from a reference image, motion and camera",
+    ),
     "prepare": ("prepare", "isa4d.data.prepare:main", "write WebDataset shards from a folder of clips"),
     "synth": (
         "synth",
@@ -32,7 +37,11 @@ HYDRA_COMMANDS: dict[str, tuple[str, str | None, str]] = {
     ),
     "footage": ("footage", "isa4d.data.footage:main", "write the real-footage shards (VAE stage)"),
     "encode": ("encode", "isa4d.encode:main", "write VAE-latent shards (with all conditioning) for the DiT"),
-    "evaluate": ("evaluate", None, "evaluate a checkpoint on the held-out splits"),
+    "evaluate": (
+        "evaluate",
+        "isa4d.evaluate:main",
+        "PSNR/SSIM/LPIPS/FVD of a VAE or DiT checkpoint on the held-out splits",
+    ),
 }
 
 
@@ -46,10 +55,6 @@ def run_hydra(command: str, overrides: list[str]) -> None:
     import hydra
 
     config_name, task, _ = HYDRA_COMMANDS[command]
-    if task is None:
-        message = f"isa4d {command}: not implemented in isa4d {__version__} yet (README, 'Status')."
-        print(message, file=sys.stderr)
-        sys.exit(2)
     sys.argv = [f"isa4d {command}", *overrides]
     hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(_load(task))()
 
@@ -61,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (config_name, _, help_text) in HYDRA_COMMANDS.items():
         sub.add_parser(name, help=f"{help_text} (Hydra: conf/{config_name}.yaml)", add_help=False)
     _load("isa4d.body.cli:add_cli")(sub)
+    _load("isa4d.ablate:add_cli")(sub)
     return parser
 
 
