@@ -227,8 +227,12 @@ def test_consecutive_skips_abort_instead_of_looping_forever(tmp_path):
 def test_video_batches_mix_clips_and_images(video_dir):
     torch.manual_seed(0)
     module = video_module(video_dir, image_prob=0.5, epoch_size=24)
-    batches = list(module.train_dataloader())
-    assert len(batches) == module.batches_per_stream() == 12
+    loader = module.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == module.batches_per_stream() == 12  # len: the progress bar's total
+    two_workers = video_module(video_dir, image_prob=0.5, epoch_size=24, num_workers=2)
+    loader = two_workers.train_dataloader()
+    assert len(list(loader)) == len(loader) == 2 * two_workers.batches_per_stream() == 12
     shapes = {tuple(batch["video"].shape) for batch in batches}
     assert shapes == {(2, 3, 9, 32, 32), (2, 3, 1, 32, 32)}
     for batch in batches:

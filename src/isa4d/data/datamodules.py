@@ -16,6 +16,7 @@ the same every time. Skipped samples are counted in :attr:`ShardDataModule.skips
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ from isa4d.data.pipeline import SkipCounter, decode_window, make_webdataset, rea
 from isa4d.data.shards import MANIFEST, read_manifest, shard_paths
 
 Size = tuple[int, int]
+
+# The training loaders' `len()` is exact (every worker streams its own `batches_per_stream()` batches of its
+# own shards), so Lightning's generic warning about sized IterableDatasets does not apply to them.
+warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined", UserWarning)
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -405,7 +410,10 @@ class ShardDataModule(L.LightningDataModule):
             weights=self.train_weights,
             partial_batches=False,
         )
-        return self._loader(dataset)
+        # The batches this rank yields per epoch, as `len()`: Lightning's epoch length and progress bar.
+        return self._loader(
+            dataset.with_length(self.batches_per_stream() * max(1, self.num_workers), silent=True)
+        )
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Every validation shard of this rank once, in order, unaugmented (none without `val_dirs`)."""
