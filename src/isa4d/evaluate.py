@@ -161,14 +161,7 @@ def dit_producer(cfg: DictConfig, device: torch.device) -> tuple[Reconstruct, di
     def generate(batch: Mapping[str, Any]) -> torch.Tensor:
         with module.ema_scope():
             cond = module.builder.conditions(batch)
-            vae = module.builder.vae
-            T, (H, W) = batch["video"].shape[2], batch["video"].shape[-2:]
-            shape = (
-                vae.config["z_channels"],
-                (T - 1) // 4 + 1,
-                H // vae.spatial_factor,
-                W // vae.spatial_factor,
-            )
+            shape = module.builder.vae.latent_shape(*batch["video"].shape[2:])
             noise = seeded_noise(batch["key"], shape, device, int(cfg.seed))
             latents = sample_long(
                 module.dit,

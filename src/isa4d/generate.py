@@ -291,10 +291,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     }
     batch["smpl"] = {key: value.to(device) for key, value in batch["smpl"].items()}
     batch["ref_smpl"] = {key: value.to(device) for key, value in batch["ref_smpl"].items()}
-    vae = module.vae
-    frames = clip_frames(int(cfg.num_frames))
-    shape = (1, vae.config["z_channels"], (frames - 1) // 4 + 1)
-    shape += tuple(s // vae.spatial_factor for s in resolution)
+    shape = (1, *module.vae.latent_shape(clip_frames(int(cfg.num_frames)), *resolution))
     generator = torch.Generator().manual_seed(int(cfg.seed))
     noise = torch.randn(*shape, generator=generator).to(device)
     with torch.no_grad(), module.ema_scope():

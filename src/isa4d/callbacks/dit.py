@@ -144,10 +144,7 @@ class DiTSamples(_VAEDiagnostic):
 
     def generate(self, pl_module: DiTModule, batch: Mapping[str, Any]) -> torch.Tensor:
         """The generated video `(1, 3, T, H, W)` in [-1, 1] of a one-sample batch (on the module's device)."""
-        vae = pl_module.vae
-        T, H, W = batch["video"].shape[2:]
-        shape = (vae.config["z_channels"], (T - 1) // vae.temporal_factor + 1)
-        shape += (H // vae.spatial_factor, W // vae.spatial_factor)
+        shape = pl_module.vae.latent_shape(*batch["video"].shape[2:])
         noise = seeded_noise(batch["key"], shape, pl_module.device, self.seed)
         cond = pl_module.builder.conditions(batch)
         z = euler_sample(

@@ -347,6 +347,11 @@ class VideoVAE(nn.Module):
             raise ValueError(f"videos need 1 + {self.temporal_factor}k frames, got {num_frames}")
         return 1 + (num_frames - 1) // self.temporal_factor
 
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """`(C, T', H/8, W/8)`: the latent of one `(3, T, H, W)` video (e.g. for sampling noise)."""
+        f = self.spatial_factor
+        return (self.config["z_channels"], self.latent_frames(num_frames), height // f, width // f)
+
     def encode(self, x: torch.Tensor, chunk_frames: int | None = None) -> DiagonalGaussian:
         """Encode a video, optionally in temporal chunks at constant memory.
 
