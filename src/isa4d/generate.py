@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from isa4d.body import rest_joints
-from isa4d.callbacks.dit import draw_points
+from isa4d.callbacks.dit import draw_points, to_device
 from isa4d.data.augment import ClipAugment
 from isa4d.data.datamodules import reference_tensors, rgb_tensor
 from isa4d.data.format import Cameras, Reference, SMPLParams, decode_camera, decode_sample, decode_smpl
@@ -286,11 +286,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"output must be an .mp4 path, got {output}")
     device = _device(str(cfg.device))
     module = load_dit_module(cfg.ckpt_path, cfg.vae_ckpt_path or None, map_location=device)
-    batch = {
-        key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()
-    }
-    batch["smpl"] = {key: value.to(device) for key, value in batch["smpl"].items()}
-    batch["ref_smpl"] = {key: value.to(device) for key, value in batch["ref_smpl"].items()}
+    batch = to_device(batch, device)
     shape = (1, *module.vae.latent_shape(clip_frames(int(cfg.num_frames)), *resolution))
     generator = torch.Generator().manual_seed(int(cfg.seed))
     noise = torch.randn(*shape, generator=generator).to(device)
