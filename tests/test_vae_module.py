@@ -30,7 +30,7 @@ from isa4d.data.video_io import read_video
 from isa4d.losses import LPIPS
 from isa4d.losses.lpips import TAP_CHANNELS, VGG16_STAGES
 from isa4d.modules import VAEModule, build_vae_loss, load_vae
-from isa4d.modules.vae_module import CHECKPOINT_KEY
+from isa4d.modules.vae_module import CHECKPOINT_KEY, LATENT_STATS_KEY
 from toy_lightning import ToyDataModule, ToyModule
 
 FRAMES, SIZE = 9, 32
@@ -360,6 +360,34 @@ def test_callbacks_write_their_files(tiny_config, tmp_path):
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert "val/reconstruction" in events.Tags()["images"]
     assert {"latent/mean", "last_frame_bias/sensitivity_p3"} <= set(events.Tags()["scalars"])
+
+
+def test_last_ckpt_carries_latent_statistics_of_its_own_weights(tiny_config, tmp_path):
+    """The statistics are recomputed right before each checkpoint, so `last.ckpt` (written at the last
+    training batch, before any end-of-training hook) holds the shift/scale of exactly its weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    module = make_module(tiny_config, **{"ema_decay": 0.9})
+    val = photo_clips(3, seed=7)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True, every_n_train_steps=2)
+    stats = LatentStatistics(max_batches=2)  # the config's defaults: before every checkpoint only
+    trainer = make_trainer(tmp_path, batches=3, callbacks=[stats, checkpoints], enable_checkpointing=True)
+    trainer.fit(module, ClipDataModule(photo_clips(4), val=val, batch_size=2))
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["global_step"] == 6 and checkpoint[LATENT_STATS_KEY]["global_step"] == 6
+    vae = load_vae(path)  # EMA weights, as the DiT loads them
+    with torch.no_grad():
+        z = torch.cat([vae.encode(batch).mode() for batch in val.split(2)]).double()  # 2 batches
+    mean, std = float(z.mean()), float(z.std(unbiased=False))
+    assert abs(mean) > 1e-3 and abs(std - 1) > 1e-3  # not the untouched 0 / 1
+    torch.testing.assert_close(vae.latent_shift.double(), torch.full((16,), mean, dtype=torch.float64))
+    torch.testing.assert_close(vae.latent_scale.double(), torch.full((16,), 1 / std, dtype=torch.float64))
+    assert checkpoint[LATENT_STATS_KEY]["mean"] == pytest.approx(mean, rel=1e-5)
+    normalised = vae.normalize(z.float())
+    assert float(normalised.mean()) == pytest.approx(0, abs=1e-4)
+    assert float(normalised.std(unbiased=False)) == pytest.approx(1, rel=1e-4)
 
 
 def test_callbacks_leave_other_modules_alone(tmp_path):

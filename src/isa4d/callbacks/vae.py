@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from isa4d.data.video_io import encode_video
-from isa4d.modules.vae_module import VAEModule, tensor_to_frames, video_of
+from isa4d.modules.vae_module import LATENT_STATS_KEY, VAEModule, tensor_to_frames, video_of
 from isa4d.utils.files import atomic_write, write_figure_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -243,14 +243,20 @@ class LatentStatistics(_VAEDiagnostic):
 
     Statistics are accumulated in float64 over every latent value (all ranks, reduced), then
     `shift = mean`, `scale = 1 / std` (SD3's convention) are stored in the model with
-    `vae.set_latent_stats` (so checkpoints carry them) and written to `<dirpath>/latent_stats.json`
+    `vae.set_latent_stats` and written to `<dirpath>/latent_stats.json`
     with a histogram of the raw latents (`histogram`: `counts` in `HISTOGRAM_BINS` bins between
     `edges`, over `num_values` evenly strided values), plotted raw and normalised in
     `latent_histogram.png` (cf. the paper's Fig. 5).
 
+    With `before_checkpoint` (the default) they are recomputed right before every checkpoint is
+    written, from the weights being saved, and put into that checkpoint (`vae.latent_shift` /
+    `vae.latent_scale`, and a record under `LATENT_STATS_KEY`): every checkpoint a DiT can load, `last.ckpt`
+    included, carries the statistics of its own weights (`load_vae` warns about a checkpoint without them).
+
     Args:
-        every_n_epochs: Validation runs between updates (None: only at the end of training).
-        at_train_end: Compute once when training ends (the values the DiT will use).
+        every_n_epochs: Validation runs between updates (None: only before checkpoints / at the end).
+        at_train_end: Compute once when training ends (after the last checkpoint: a report only).
+        before_checkpoint: Compute before every checkpoint and store the values in it.
         max_batches: Validation batches used.
         latent: `"mode"` (posterior mean, what `isa4d encode` stores by default) or `"sample"`.
         per_channel: One shift/scale per latent channel instead of SD3's single pair.
@@ -266,7 +272,8 @@ class LatentStatistics(_VAEDiagnostic):
     def __init__(
         self,
         every_n_epochs: int | None = None,
-        at_train_end: bool = True,
+        at_train_end: bool = False,
+        before_checkpoint: bool = True,
         max_batches: int = 32,
         latent: str = "mode",
         per_channel: bool = False,
@@ -279,6 +286,7 @@ class LatentStatistics(_VAEDiagnostic):
         if latent not in ("mode", "sample"):
             raise ValueError(f"latent must be 'mode' or 'sample', got {latent!r}")
         self.latent = latent
+        self.before_checkpoint = before_checkpoint
         self.per_channel = per_channel
         self.apply = apply
         self.histogram_values = histogram_values
@@ -353,6 +361,23 @@ class LatentStatistics(_VAEDiagnostic):
         folder = self.output_dir(trainer)
         write_json_atomic(folder / "latent_stats.json", stats)
         self._plot(stats, folder / "latent_histogram.png")
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Recompute the statistics from the weights being saved and store them in the checkpoint."""
+        if not (self.before_checkpoint and self.apply) or not self._applies(pl_module):
+            return
+        self.last_stats = None
+        self._maybe_run(trainer, pl_module)
+        if self.last_stats is None:
+            log.warning("LatentStatistics: no validation latents; checkpoint keeps its latent stats")
+            return
+        state = checkpoint["state_dict"]
+        for name in ("latent_shift", "latent_scale"):
+            state[f"vae.{name}"] = getattr(pl_module.vae, name).detach().clone()
+        names = ("shift", "scale", "mean", "std", "num_values", "global_step")
+        checkpoint[LATENT_STATS_KEY] = {name: self.last_stats[name] for name in names}
 
     @staticmethod
     def _plot(stats: dict[str, Any], path: Path) -> None:

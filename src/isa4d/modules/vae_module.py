@@ -43,6 +43,8 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LR
 
 CHECKPOINT_KEY = "isa4d_vae_module"
 """Checkpoint entry holding the module's own counters (`batch_step`)."""
+LATENT_STATS_KEY = "isa4d_latent_stats"
+"""Checkpoint entry recording the latent statistics stored in it (`callbacks.LatentStatistics`)."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -474,6 +476,12 @@ def load_vae(
     if not isinstance(config, Mapping):
         raise ValueError(f"{ckpt_path} has no `hyper_parameters.vae`: not a VAEModule checkpoint")
     state = _state_dict_of(checkpoint)
+    if LATENT_STATS_KEY not in checkpoint:
+        log.warning(
+            "%s carries no latent statistics (trained without callbacks.LatentStatistics): its latents are "
+            "not normalised for a DiT (the stored shift/scale are used as they are)",
+            ckpt_path,
+        )
     vae = VideoVAE.from_config(config)
     weights = _sub_state(state, "vae.")
     ema = _sub_state(state, "ema.module.")
@@ -484,6 +492,7 @@ def load_vae(
 
 
 __all__ = [
+    "LATENT_STATS_KEY",
     "VAEModule",
     "build_vae_loss",
     "frames_to_tensor",
