@@ -1,21 +1,36 @@
-"""`isa4d evaluate`: VAE mode and DiT mode end to end on tiny shards; table layout; missing weights."""
+"""`isa4d evaluate`: VAE mode (with the bicubic baseline) and DiT mode (with pose following and its bounds)
+end to end on tiny shards, checked against independent computations; table layout; missing weights."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import open_dict
+from PIL import Image
+from skimage.metrics import structural_similarity
 
 import dit_fixtures
 from conftest import compose_for_test
 from dit_fixtures import FRAMES, SIZE
-from isa4d.data.datamodules import VideoDataModule
-from isa4d.evaluate import clip_batches, evaluate, format_table, main, model_label
+from isa4d.data.datamodules import HumanVideoDataModule, VideoDataModule
+from isa4d.evaluate import (
+    GT_VAE_ROW,
+    NO_BODY_ROW,
+    bicubic_resample,
+    clip_batches,
+    evaluate,
+    format_table,
+    main,
+    model_label,
+)
 from isa4d.metrics import MISSING, video_psnr
 from isa4d.modules import load_vae
+from isa4d.modules.dit_module import load_dit_module
+from test_metrics import np_foreground, np_iou, np_masked_psnr
 
 human_shards, vae_ckpt, dit_ckpt = dit_fixtures.human_shards, dit_fixtures.vae_ckpt, dit_fixtures.dit_ckpt
 
@@ -51,9 +66,19 @@ def test_vae_mode_writes_json_and_table(tmp_path, human_shards, vae_ckpt, capsys
     )
     assert report["checkpoint"]["sha256"] and report["settings"]["datasets"]["video"]["num_frames"] == FRAMES
     table = (out / "vae_eval.md").read_text()
-    assert table.splitlines()[0] == "| model | video PSNR↑ | video SSIM↑ | video LPIPS↓ | video FVD↓ |"
+    assert (
+        table.splitlines()[0]
+        == "| model | video PSNR↑ | video SSIM↑ | video SSIM crop↑ | video LPIPS↓ | video FVD↓ |"
+    )
     assert table.splitlines()[2].startswith(
-        f"| tiny-vae | {result['psnr']:.2f} | {result['ssim']:.3f} | missing"
+        f"| tiny-vae | {result['psnr']:.2f} | {result['ssim']:.3f} | {result['ssim_crop']:.3f} | missing"
+    )
+    (bicubic,) = report["references"]
+    baseline = bicubic["results"]["video"]
+    assert bicubic["model"] == "bicubic 8x" and baseline["num_clips"] == 1
+    assert table.splitlines()[3] == (
+        f"| bicubic 8x | {baseline['psnr']:.2f} | {baseline['ssim']:.3f} | {baseline['ssim_crop']:.3f} "
+        "| missing | missing |"
     )
     assert table in capsys.readouterr().out
     # The PSNR is that of the checkpoint's own reconstruction of the clip.
@@ -73,6 +98,58 @@ def test_vae_mode_writes_json_and_table(tmp_path, human_shards, vae_ckpt, capsys
     with torch.no_grad():
         recon = vae.decode(vae.encode(batch["video"]).mode())
     assert result["psnr"] == pytest.approx(float(video_psnr(recon, batch["video"])), rel=1e-5)
+    # The bicubic row: PIL's antialiased bicubic 8x down, Keys' cubic (a = -0.75) up, clamped; numpy PSNR
+    # per frame and skimage's SSIM (the `ssim_crop` convention).
+    real = ((batch["video"][0].permute(1, 2, 3, 0).numpy() + 1) / 2).clip(0, 1)  # (T, H, W, 3)
+    fake = np_bicubic_8x(real)
+    psnr = [10 * np.log10(1 / np.mean((f - r) ** 2)) for f, r in zip(fake, real, strict=True)]
+    ssim = [
+        structural_similarity(
+            f, r, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1
+        )
+        for f, r in zip(fake, real, strict=True)
+    ]
+    assert baseline["psnr"] == pytest.approx(np.mean(psnr), abs=1e-3)
+    assert baseline["ssim_crop"] == pytest.approx(np.mean(ssim), abs=1e-4)
+
+
+def keys_cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """(n_out, n_in) cubic-convolution interpolation (Keys, `a`), half-pixel centres, edges replicated."""
+
+    def weight(x: float) -> float:
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x**3 - (a + 3) * x**2 + 1
+        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+    matrix = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        source = (o + 0.5) * n_in / n_out - 0.5
+        first = int(np.floor(source))
+        for k in range(-1, 3):
+            matrix[o, min(max(first + k, 0), n_in - 1)] += weight(k - (source - first))
+    return matrix
+
+
+def np_bicubic_8x(frames: np.ndarray) -> np.ndarray:
+    """Independent `bicubic_resample(·, 8)` of (T, H, W, 3) frames in [0, 1] (the [-1, 1] map is affine)."""
+    t, h, w, c = frames.shape
+    up_h, up_w = keys_cubic_matrix(h // 8, h), keys_cubic_matrix(w // 8, w)
+    out = np.empty_like(frames)
+    for i in range(t):
+        for j in range(c):
+            plane = Image.fromarray(frames[i, :, :, j].astype(np.float32), mode="F")
+            small = np.asarray(plane.resize((w // 8, h // 8), Image.BICUBIC), dtype=np.float64)
+            out[i, :, :, j] = (up_h @ small @ up_w.T).clip(0, 1)
+    return out
+
+
+def test_bicubic_resample_matches_pil_and_keys_on_a_photo():
+    from test_metrics import as_video, photo_frames
+
+    frames = photo_frames((64, 48))
+    ours = (bicubic_resample(as_video(frames), 8)[0].permute(1, 2, 3, 0).numpy() + 1) / 2
+    np.testing.assert_allclose(ours, np_bicubic_8x(frames), atol=2e-6)
 
 
 def test_num_clips_and_unknown_split(tmp_path, human_shards, vae_ckpt):
@@ -94,12 +171,45 @@ def test_num_clips_and_unknown_split(tmp_path, human_shards, vae_ckpt):
 
 
 def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt):
-    cfg = eval_config(tmp_path, human_shards, dit_ckpt, mode="dit", **{"sampling.steps": 2})
+    cfg = eval_config(
+        tmp_path, human_shards, dit_ckpt, mode="dit", foreground_threshold=0.2, **{"sampling.steps": 2}
+    )
     report = evaluate(cfg)
     result = report["results"]["video"]
-    assert report["mode"] == "dit" and result["num_clips"] == 1
-    assert 0 < result["psnr"] < 60 and -1 <= result["ssim"] <= 1
-    assert (Path(cfg.output_dir) / "dit_eval.md").is_file()
+    assert report["mode"] == "dit" and result["num_clips"] == 1 and result["fg_clips"] == 1
+    assert 0 < result["psnr"] < 60 and -1 <= result["ssim"] <= 1 and 0 <= result["fg_iou"] <= 1
+    assert report["settings"]["foreground_threshold"] == 0.2
+    rows = {row["model"]: row["results"]["video"] for row in report["references"]}
+    assert list(rows) == [GT_VAE_ROW, NO_BODY_ROW]
+    assert rows[NO_BODY_ROW]["psnr_fg"] != result["psnr_fg"]  # dropping the body changes the sample
+    table = (Path(cfg.output_dir) / "dit_eval.md").read_text()
+    lines = table.splitlines()
+    assert lines[0].endswith("| video fg IoU↑ | video PSNR fg↑ | video PSNR bg↑ |")
+    assert [line.split(" | ")[0] for line in lines[2:5]] == ["| dit", f"| {GT_VAE_ROW}", f"| {NO_BODY_ROW}"]
+    assert "> 0.2" in table
+    # The upper bound: the GT clip encoded and decoded by the checkpoint's VAE, scored with numpy.
+    builder = load_dit_module(dit_ckpt).builder
+    batch = next(
+        clip_batches(
+            HumanVideoDataModule,
+            str(human_shards),
+            "video",
+            num_frames=FRAMES,
+            resolution=SIZE,
+            batch_size=1,
+            num_clips=None,
+            max_persons=int(cfg.max_persons),
+        )
+    )
+    recon = builder.decode(builder.encode(batch["video"])).numpy()
+    real, background = batch["video"].numpy(), batch["background"].numpy()
+    target = batch["mask"].numpy() != 0
+    assert target.any() and (~target).any()
+    upper = rows[GT_VAE_ROW]
+    iou = np_iou(np_foreground(recon, background, 0.2), target)
+    assert upper["fg_iou"] == pytest.approx(float(iou[0]), abs=1e-6)
+    assert upper["psnr_fg"] == pytest.approx(float(np_masked_psnr(recon, real, target)[0]), rel=1e-4)
+    assert upper["psnr_bg"] == pytest.approx(float(np_masked_psnr(recon, real, ~target)[0]), rel=1e-4)
 
 
 def test_format_table_and_labels():
@@ -108,7 +218,7 @@ def test_format_table_and_labels():
         {"model": "b", "results": {"camera": {"psnr": 20.0, "ssim": 0.5, "lpips": MISSING, "fvd": MISSING}}},
     ]
     lines = format_table(runs).splitlines()
-    assert lines[0].count("|") == 10 and "camera FVD↓" in lines[0]
+    assert lines[0].count("|") == 10 and "camera FVD↓" in lines[0] and "IoU" not in lines[0]
     assert lines[2] == "| a | 30.00 | 0.900 | 0.050 | 100.0 |  |  |  |  |"
     assert lines[3].endswith("| 20.00 | 0.500 | missing | missing |")
     assert (

@@ -2,28 +2,35 @@
 docs/evaluate.md).
 
 * `mode=vae` (paper Tab. 1): reconstruct held-out clips with a `VAEModule` checkpoint (posterior mean,
-  EMA weights when kept, chunked coding) and compare them with the input.
+  EMA weights when kept, chunked coding) and compare them with the input; next to it the naive baseline
+  `bicubic 8x` (`bicubic_resample`: every frame shrunk by the VAE's spatial factor and enlarged back).
 * `mode=dit` (paper Tab. 2): generate every test clip from its reference image, ground-truth SMPL and
-  cameras (and background) with a `DiTModule` checkpoint and compare it with the ground-truth video.
+  cameras (and background) with a `DiTModule` checkpoint and compare it with the ground-truth video;
+  pose following (`isa4d.metrics.pose`: foreground IoU, PSNR inside / outside the person) of the model
+  and of its two bounds: the ground truth through the frozen VAE (upper) and the model with the body
+  dropped (lower).
 
 Writes `<output_dir>/<mode>_eval.json` (every number, the settings, and the weight files used) and
-`<output_dir>/<mode>_eval.md` (rows = model, columns = metrics per dataset), both atomically, and prints
-the table. A metric whose weights file is missing is reported as `"missing"`.
+`<output_dir>/<mode>_eval.md` (rows = the model and its reference rows, columns = metrics per dataset),
+both atomically, and prints the table. A metric whose weights file is missing is reported as `"missing"`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
 from isa4d.data.datamodules import HumanVideoDataModule, ShardDataModule, VideoDataModule
 from isa4d.data.shards import read_manifest
-from isa4d.metrics import MISSING, VideoMetrics, load_i3d, load_lpips, weights_record
+from isa4d.metrics import MISSING, ForegroundMetrics, VideoMetrics, load_i3d, load_lpips, weights_record
 from isa4d.utils.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -32,9 +39,18 @@ MODES = ("vae", "dit")
 METRICS = (
     ("psnr", "PSNR↑", "{:.2f}"),
     ("ssim", "SSIM↑", "{:.3f}"),
+    ("ssim_crop", "SSIM crop↑", "{:.3f}"),
     ("lpips", "LPIPS↓", "{:.3f}"),
     ("fvd", "FVD↓", "{:.1f}"),
+    ("fg_iou", "fg IoU↑", "{:.3f}"),
+    ("psnr_fg", "PSNR fg↑", "{:.2f}"),
+    ("psnr_bg", "PSNR bg↑", "{:.2f}"),
 )
+"""Table columns `(key, label, format)`; a table shows those its results hold."""
+MODEL_ROW = "model"
+"""Key of the evaluated checkpoint among the rows of `vae_rows` / `dit_rows` (the others are references)."""
+GT_VAE_ROW = "GT through VAE (upper bound)"
+NO_BODY_ROW = "body dropped (lower bound)"
 Reconstruct = Callable[[Mapping[str, Any]], torch.Tensor]
 
 
@@ -122,21 +138,60 @@ def _with_record(i3d: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def evaluate_split(
-    batches: Iterator[Mapping[str, Any]], produce: Reconstruct, metrics: VideoMetrics, device: torch.device
-) -> dict[str, Any]:
-    """Feed `(produce(batch), batch["video"])` of every batch to `metrics`; their results."""
+    batches: Iterator[Mapping[str, Any]],
+    rows: Mapping[str, Reconstruct],
+    new_metrics: Callable[[], VideoMetrics],
+    device: torch.device,
+    foreground_threshold: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The results of every row on one split: `{row: metrics}`.
+
+    Each batch is produced by every row (`rows[name](batch)`) and compared with `batch["video"]` by the
+    row's own `new_metrics()`; with `foreground_threshold`, also by `ForegroundMetrics` against
+    `batch["background"]` and `batch["mask"]` (clips with both, `has_background & has_mask`).
+    """
+    metrics = {name: new_metrics() for name in rows}
+    foreground = (
+        {}
+        if foreground_threshold is None
+        else {name: ForegroundMetrics(foreground_threshold) for name in rows}
+    )
     for batch in batches:
         batch = _to(batch, device)
-        with torch.no_grad():
-            fake = produce(batch)
-        real = batch["video"]
-        metrics.update(fake[:, :, : real.shape[2]].float(), real.float())
-        log.info("%d clips", metrics.num_clips)
-    return metrics.compute()
+        real = batch["video"].float()
+        for name, produce in rows.items():
+            with torch.no_grad():
+                fake = produce(batch)[:, :, : real.shape[2]].float()
+            metrics[name].update(fake, real)
+            if foreground:
+                valid = batch["has_background"].bool() & batch["has_mask"].bool()
+                foreground[name].update(fake, real, batch["background"].float(), batch["mask"], valid)
+        log.info("%d clips", metrics[MODEL_ROW].num_clips)
+    return {
+        name: {**metrics[name].compute(), **(foreground[name].compute() if foreground else {})}
+        for name in rows
+    }
 
 
-def vae_producer(cfg: DictConfig, device: torch.device) -> tuple[Reconstruct, dict[str, Any]]:
-    """Reconstruction with a `VAEModule` checkpoint's VAE: posterior mean, decoded (chunked)."""
+def bicubic_resample(video: torch.Tensor, factor: int) -> torch.Tensor:
+    """The naive baseline of a VAE that compresses space by `factor`: (B, 3, T, H, W) in [-1, 1] -> same.
+
+    Every frame is shrunk to `(H // factor, W // factor)` with `F.interpolate(mode="bicubic",
+    antialias=True, align_corners=False)`, enlarged back to `(H, W)` with `F.interpolate(mode="bicubic",
+    align_corners=False)` (no antialias when enlarging) and clamped to [-1, 1].
+    """
+    frames = rearrange(video.float(), "b c t h w -> (b t) c h w")
+    height, width = frames.shape[-2:]
+    small = F.interpolate(
+        frames, size=(height // factor, width // factor), mode="bicubic", align_corners=False, antialias=True
+    )
+    large = F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)
+    return rearrange(large.clamp(-1.0, 1.0), "(b t) c h w -> b c t h w", b=video.shape[0])
+
+
+def vae_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstruct], dict[str, Any]]:
+    """Rows of VAE mode: the reconstruction with a `VAEModule` checkpoint's VAE (posterior mean, decoded,
+    chunked) and `bicubic <f>x` (`bicubic_resample` by the VAE's spatial factor f)."""
     from isa4d.modules.vae_module import load_vae
 
     vae = load_vae(cfg.ckpt_path, use_ema=bool(cfg.use_ema), map_location=device)
@@ -146,22 +201,35 @@ def vae_producer(cfg: DictConfig, device: torch.device) -> tuple[Reconstruct, di
         z = vae.encode(batch["video"], chunk_frames=chunk).mode()
         return vae.decode(z, chunk_latents=None if chunk is None else chunk // vae.temporal_factor)
 
-    return reconstruct, {"checkpoint": weights_record(cfg.ckpt_path), "use_ema": bool(cfg.use_ema)}
+    def bicubic(batch: Mapping[str, Any]) -> torch.Tensor:
+        return bicubic_resample(batch["video"], vae.spatial_factor)
+
+    rows = {MODEL_ROW: reconstruct, f"bicubic {vae.spatial_factor}x": bicubic}
+    return rows, {"checkpoint": weights_record(cfg.ckpt_path), "use_ema": bool(cfg.use_ema)}
 
 
-def dit_producer(cfg: DictConfig, device: torch.device) -> tuple[Reconstruct, dict[str, Any]]:
-    """Generation with a `DiTModule` checkpoint: each clip from its reference, GT SMPL, cameras and
-    background, seeded noise per clip key, `sample_long` with `cfg.sampling` (EMA weights when kept)."""
+def dit_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstruct], dict[str, Any]]:
+    """Rows of DiT mode with a `DiTModule` checkpoint (EMA weights when kept):
+
+    * the model: each clip generated from its reference, GT SMPL, cameras and background, seeded noise
+      per clip key, `sample_long` with `cfg.sampling`;
+    * `GT_VAE_ROW`: the ground-truth clip encoded (posterior mean) and decoded by the frozen VAE;
+    * `NO_BODY_ROW`: the same sampling (same noise) with the SMPL condition dropped from the
+      conditional branch (`cond.with_drops(smpl=True)`).
+    """
     from isa4d.diffusion import sample_long
     from isa4d.modules.dit_module import load_dit_module, seeded_noise
 
     module = load_dit_module(cfg.ckpt_path, cfg.vae_ckpt_path, map_location=device)
+    builder = module.builder
     s = cfg.sampling
 
-    def generate(batch: Mapping[str, Any]) -> torch.Tensor:
+    def generate(batch: Mapping[str, Any], drop_smpl: bool) -> torch.Tensor:
         with module.ema_scope():
-            cond = module.builder.conditions(batch)
-            shape = module.builder.vae.latent_shape(*batch["video"].shape[2:])
+            cond = builder.conditions(batch)
+            if drop_smpl:
+                cond = cond.with_drops(smpl=True)
+            shape = builder.vae.latent_shape(*batch["video"].shape[2:])
             noise = seeded_noise(batch["key"], shape, device, int(cfg.seed))
             latents = sample_long(
                 module.dit,
@@ -174,27 +242,55 @@ def dit_producer(cfg: DictConfig, device: torch.device) -> tuple[Reconstruct, di
                 shift=float(s.shift),
                 guidance_scale=float(s.cfg_scale),
             )
-            return module.builder.decode(latents)
+            return builder.decode(latents)
 
-    info = {"checkpoint": weights_record(cfg.ckpt_path), "sampling": OmegaConf.to_container(s)}
-    return generate, info
+    def autoencode(batch: Mapping[str, Any]) -> torch.Tensor:
+        return builder.decode(builder.encode(batch["video"]))
+
+    rows = {
+        MODEL_ROW: partial(generate, drop_smpl=False),
+        GT_VAE_ROW: autoencode,
+        NO_BODY_ROW: partial(generate, drop_smpl=True),
+    }
+    return rows, {"checkpoint": weights_record(cfg.ckpt_path), "sampling": OmegaConf.to_container(s)}
+
+
+def report_rows(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The table rows of one `<mode>_eval.json` report: the model, then its reference rows."""
+    return [report, *report.get("references", [])]
 
 
 def format_table(runs: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table: one row per run (`{"model", "results": {dataset: metrics}}`), columns = metric per
-    dataset (the layout of the paper's Tab. 1/2); `missing` where a metric was not computed."""
+    dataset (the layout of the paper's Tab. 1/2) for the `METRICS` that some result holds; `missing`
+    where a metric was not computed."""
     datasets = list(dict.fromkeys(name for run in runs for name in run["results"]))
-    header = ["model"] + [f"{d} {label}" for d in datasets for _, label, _ in METRICS]
+    held = {key for run in runs for result in run["results"].values() for key in result}
+    columns = [column for column in METRICS if column[0] in held]
+    header = ["model"] + [f"{d} {label}" for d in datasets for _, label, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         cells = [str(run["model"])]
         for dataset in datasets:
             result = run["results"].get(dataset, {})
-            for key, _, fmt in METRICS:
+            for key, _, fmt in columns:
                 value = result.get(key, "")
                 cells.append(fmt.format(value) if isinstance(value, float) else str(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """`<mode>_eval.md`: the table of `report_rows(report)`, and in DiT mode the foreground definition."""
+    text = format_table(report_rows(report))
+    threshold = report["settings"].get("foreground_threshold")
+    if threshold is not None:
+        text += (
+            f"\nfg IoU: generated person = pixels where max over RGB of |video - background| (in [0, 1]) > "
+            f"{threshold}, vs. the ground-truth person mask (IoU per clip over all frames, mean over clips); "
+            "PSNR fg / bg: over the ground-truth person / background pixels of each clip.\n"
+        )
+    return text
 
 
 def model_label(ckpt_path: str | Path) -> str:
@@ -213,11 +309,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     unknown = [name for name in names if name not in cfg.datasets]
     if unknown:
         raise KeyError(f"splits {unknown} are not in `datasets` ({sorted(cfg.datasets)})")
-    produce, info = (vae_producer if mode == "vae" else dit_producer)(cfg, device)
+    rows, info = (vae_rows if mode == "vae" else dit_rows)(cfg, device)
     networks, weights = metric_networks(cfg, device)
     datamodule = VideoDataModule if mode == "vae" else HumanVideoDataModule
     extra = {"image_prob": 0.0} if mode == "vae" else {"max_persons": int(cfg.max_persons)}
-    results, settings = {}, {}
+    threshold = None if mode == "vae" else float(cfg.foreground_threshold)
+    results: dict[str, dict[str, Any]] = {name: {} for name in rows}
+    settings = {}
     for name in names:
         spec = cfg.datasets[name]
         frames = clip_length(spec.dir, spec.split, cfg.num_frames)
@@ -233,25 +331,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             **extra,
         )
         log.info("evaluating %s (%s/%s, %d frames)", name, spec.dir, spec.split, frames)
-        results[name] = evaluate_split(
-            batches, produce, VideoMetrics(networks["lpips"], networks["fvd"]), device
+        split_results = evaluate_split(
+            batches, rows, lambda: VideoMetrics(networks["lpips"], networks["fvd"]), device, threshold
         )
+        for row, result in split_results.items():
+            results[row][name] = result
     report = {
         "mode": mode,
         "model": cfg.model_name or model_label(cfg.ckpt_path),
         **info,
         "weights": weights,
-        "settings": {"resolution": int(cfg.resolution), "num_clips": cfg.num_clips, "datasets": settings},
-        "results": results,
+        "settings": {
+            "resolution": int(cfg.resolution),
+            "num_clips": cfg.num_clips,
+            "datasets": settings,
+            **({} if threshold is None else {"foreground_threshold": threshold}),
+        },
+        "results": results[MODEL_ROW],
+        "references": [{"model": row, "results": results[row]} for row in rows if row != MODEL_ROW],
     }
     output = Path(str(cfg.output_dir))
     write_json_atomic(output / f"{mode}_eval.json", report)
-    write_text_atomic(output / f"{mode}_eval.md", format_table([report]))
+    write_text_atomic(output / f"{mode}_eval.md", format_report(report))
     return report
 
 
 def main(cfg: DictConfig) -> None:
     """Hydra task of `isa4d evaluate` (conf/evaluate.yaml)."""
     report = evaluate(cfg)
-    print(format_table([report]), end="")
+    print(format_report(report), end="")
     print(f"isa4d evaluate: wrote {Path(str(cfg.output_dir)) / (report['mode'] + '_eval.json')}")
