@@ -176,15 +176,24 @@ class ISABranch(nn.Module):
     """One branch (3-D or 2-D) of the symmetric ISA block: adaLN, q/k/v, output projection and FFN.
 
     With `pre_only` (the 3-D branch of the last layer, like SD3's last context block) the branch only
-    provides keys and values: its output would never be used.
+    provides keys and values: its output would never be used. `names` restricts the projections to
+    the attention inputs that are read (default `"kv"` with `pre_only`, else `"qkv"`).
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, pre_only: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        qk_norm: bool,
+        pre_only: bool = False,
+        names: str | None = None,
+    ) -> None:
         super().__init__()
         self.pre_only = pre_only
         self.norm1 = layer_norm(dim)
         self.adaLN_modulation = AdaLNModulation(dim, 2 if pre_only else 6)
-        self.qkv = HeadProjection(dim, heads, "kv" if pre_only else "qkv", qk_norm)
+        self.qkv = HeadProjection(dim, heads, names or ("kv" if pre_only else "qkv"), qk_norm)
         if not pre_only:
             self.proj = nn.Linear(dim, dim)
             self.norm2 = layer_norm(dim)
@@ -213,10 +222,11 @@ class ISABlock(nn.Module):
     Per latent frame i, the 3-D tokens of exactly the video frames of i (`{0}` or `{4i-3 … 4i}`, each
     projected with its own camera in the ISPE) and the S 2-D tokens of i interact:
 
-    * `mode="joint"` (default, SD3 MM-DiT): one attention over the concatenation `[3-D ; 2-D]` with
-      per-branch q/k/v/out projections, qk-norms, adaLN and FFNs. 3-D queries attending 2-D keys is the
-      "reconstruction" (2D→3D, eq. 13), 2-D queries attending 3-D keys the "rendering" (3D→2D, eq. 14).
-    * `mode="cross_pair"`: the two cross-attentions alone (3-D queries → 2-D keys, 2-D queries → 3-D keys).
+    * `mode="cross_pair"` (default, the paper's eq. 13–14): the two cross-attentions alone, 3-D queries →
+      2-D keys ("reconstruction", 2D→3D) and 2-D queries → 3-D keys ("rendering", 3D→2D).
+    * `mode="joint"` (SD3 MM-DiT, the `isa_joint` ablation): one attention over the concatenation
+      `[3-D ; 2-D]` (each branch also attends itself); ~2.4x the cost of `cross_pair` at 33 frames 256².
+    Both have per-branch q/k/v/out projections, qk-norms, adaLN and FFNs.
 
     The ISPE encodings (`InterspatialPE`) go through this block's linear layer `pe_proj` and are added to
     both token sets' attention inputs. 3-D keys of padded persons, of padding slots (the three empty
@@ -226,20 +236,20 @@ class ISABlock(nn.Module):
         dim: Hidden size D.
         heads: Attention heads.
         mlp_ratio: FFN expansion.
-        mode: `"joint"` or `"cross_pair"`.
+        mode: `"cross_pair"` or `"joint"`.
         pe_dim: Width of the ISPE encoding, or None to disable ISPE (the `isa_no_pe` ablation).
         pre_only: The 3-D branch only gives keys/values (last layer); its tokens are returned unchanged.
         qk_norm: RMS-normalise queries and keys.
     """
 
-    MODES = ("joint", "cross_pair")
+    MODES = ("cross_pair", "joint")
 
     def __init__(
         self,
         dim: int,
         heads: int,
         mlp_ratio: float = 4.0,
-        mode: str = "joint",
+        mode: str = "cross_pair",
         pe_dim: int | None = None,
         pre_only: bool = False,
         qk_norm: bool = True,
@@ -249,7 +259,9 @@ class ISABlock(nn.Module):
             raise ValueError(f"unknown ISA mode {mode!r}; choose from {self.MODES}")
         self.mode, self.pre_only = mode, pre_only
         self.branch3 = ISABranch(dim, heads, mlp_ratio, qk_norm, pre_only=pre_only)
-        self.branch2 = ISABranch(dim, heads, mlp_ratio, qk_norm)
+        # cross_pair's last layer: no 3-D queries, so the 2-D keys/values would never be read
+        names2 = "q" if mode == "cross_pair" and pre_only else "qkv"
+        self.branch2 = ISABranch(dim, heads, mlp_ratio, qk_norm, names=names2)
         self.pe_proj = nn.Linear(pe_dim, dim) if pe_dim else None
         self.attention_backend = "sdpa"
 
@@ -292,7 +304,7 @@ class ISABlock(nn.Module):
         }
         qkv2 = {name: rearrange(value, "b n h s d -> (b n) h s d") for name, value in qkv2.items()}
         mask3 = self._key_mask(key_mask3, pad, B, Tl, x3)
-        S, L3 = qkv2["k"].shape[2], grouped["k"].shape[2]
+        S, L3 = qkv2["q"].shape[2], grouped["k"].shape[2]
         out3 = None
         if self.mode == "joint":
             k = torch.cat([grouped["k"], qkv2["k"]], dim=2)

@@ -120,7 +120,7 @@ class ISADiT(nn.Module):
         depth: Number of `ISADiTLayer`s.
         num_heads: Attention heads (D % heads == 0).
         mlp_ratio: FFN expansion.
-        isa_mode: `"joint"` (MM-DiT) or `"cross_pair"`.
+        isa_mode: `"cross_pair"` (the paper's two cross-attentions) or `"joint"` (MM-DiT).
         use_ispe: Interspatial positional encoding; False is the `isa_no_pe` ablation.
         ispe_bands: L of the ISPE γ (keep `4 / 2^(L-1) ≥ 2 / min(h/p, w/p)`, see `InterspatialPE`).
         ispe_near: Near plane of the ISPE MVP (metres).
@@ -155,7 +155,7 @@ class ISADiT(nn.Module):
         depth: int = 8,
         num_heads: int = 6,
         mlp_ratio: float = 4.0,
-        isa_mode: str = "joint",
+        isa_mode: str = "cross_pair",
         use_ispe: bool = True,
         ispe_bands: int = 6,
         ispe_near: float = 0.5,
