@@ -65,6 +65,7 @@ def test_vae_mode_writes_json_and_table(tmp_path, human_shards, vae_ckpt, capsys
         and "weights.lpips_vgg" in report["weights"]["lpips"]["reason"]
     )
     assert report["checkpoint"]["sha256"] and report["settings"]["datasets"]["video"]["num_frames"] == FRAMES
+    assert cfg.num_clips is None  # VAE mode's default: every clip
     table = (out / "vae_eval.md").read_text()
     assert (
         table.splitlines()[0]
@@ -178,7 +179,7 @@ def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt):
     result = report["results"]["video"]
     assert report["mode"] == "dit" and result["num_clips"] == 1 and result["fg_clips"] == 1
     assert 0 < result["psnr"] < 60 and -1 <= result["ssim"] <= 1 and 0 <= result["fg_iou"] <= 1
-    assert report["settings"]["foreground_threshold"] == 0.2
+    assert report["settings"]["foreground_threshold"] == 0.2 and report["settings"]["num_clips"] == 4
     rows = {row["model"]: row["results"]["video"] for row in report["references"]}
     assert list(rows) == [GT_VAE_ROW, NO_BODY_ROW]
     assert rows[NO_BODY_ROW]["psnr_fg"] != result["psnr_fg"]  # dropping the body changes the sample
