@@ -231,14 +231,12 @@ def test_prefix_keeps_the_carried_latents_fixed() -> None:
         model_fn, noise[:, :, :4], slice_conditions(cond, 0, 4, L), num_steps=3, guidance_scale=1.0
     )
     assert torch.equal(out[:, :, :4], first)
-    # Window 2 = latent [2, 6) carries latents 2, 3 as prefix: returned exactly, and at each step the
-    # model saw them on the noise path (1 - t) prefix + t ε of that window's noise.
+    # Window 2 = latent [2, 6) carries latents 2, 3 as prefix: returned exactly, and at every step the
+    # model saw them clean (the default, as DiTModule trains its windows).
     prefix = first[:, :, 2:4]
-    times = sampling_times(3, 3.0)
     window_calls = calls[3:6]  # window 0 made calls 0-2
-    for step, x in enumerate(window_calls):
-        t = float(times[step])
-        assert torch.allclose(x[:, :, :2], (1 - t) * prefix + t * noise[:, :, 2:4], atol=1e-6)
+    for x in window_calls:
+        assert torch.equal(x[:, :, :2], prefix)
     again = euler_sample(
         model_fn,
         noise[:, :, 2:6],
@@ -249,10 +247,76 @@ def test_prefix_keeps_the_carried_latents_fixed() -> None:
     )
     assert torch.equal(again[:, :, :2], prefix)
     assert torch.equal(out[:, :, 4:6], again[:, :, 2:])
-    clean = euler_sample(
-        model_fn, noise[:, :, 2:6], None, num_steps=3, guidance_scale=1.0, prefix=prefix, prefix_clean=True
+    calls.clear()
+    noisy = euler_sample(
+        model_fn, noise[:, :, 2:6], None, num_steps=3, guidance_scale=1.0, prefix=prefix, prefix_clean=False
     )
-    assert torch.equal(clean[:, :, :2], prefix)
+    assert torch.equal(noisy[:, :, :2], prefix)
+    for step, x in enumerate(calls):  # the prefix on the noise path (1 - t) prefix + t ε instead
+        t = float(sampling_times(3, 3.0)[step])
+        assert torch.allclose(x[:, :, :2], (1 - t) * prefix + t * noise[:, :, 2:4], atol=1e-6)
+
+
+def test_clean_prefix_training_input_is_the_sampling_input() -> None:
+    """`flow_matching_loss(clean_prefix=n)` shows the model what `euler_sample(prefix=...)` shows it at the
+    same t: the n prefix frames clean, the others on the path; the prefix frames carry no loss."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, C, 5, 4, 4, generator=g), torch.randn(2, C, 5, 4, 4, generator=g)
+    t = torch.full((2,), 1.0)  # the first sampling step
+    seen = {}
+
+    def model_fn(x, t, cond):
+        seen.setdefault("x", []).append(x.clone())
+        return torch.zeros_like(x)
+
+    loss = flow_matching_loss(model_fn, x0, None, t=t, noise=noise, clean_prefix=2)
+    euler_sample(model_fn, noise, None, num_steps=1, guidance_scale=1.0, prefix=x0[:, :, :2])
+    trained, sampled = seen["x"]
+    assert torch.equal(trained, sampled)
+    assert torch.equal(trained[:, :, :2], x0[:, :, :2]) and torch.equal(trained[:, :, 2:], noise[:, :, 2:])
+    assert torch.allclose(loss, (noise - x0)[:, :, 2:].square().mean())  # the prefix frames carry no loss
+    with pytest.raises(ValueError, match="clean_prefix"):
+        flow_matching_loss(model_fn, x0, None, clean_prefix=5)
+
+
+def test_sampling_unconditional_pass_is_a_trained_drop_mode() -> None:
+    """The CFG unconditional pass drops exactly what the joint training drop (p_all) drops, and the
+    default recipe trains that mode ~10 % of the time (independent drops alone: 0.1 %)."""
+    cond = make_conditions(B=1, N=8, h=8, w=8)
+    seen = []
+
+    def model_fn(x, t, c):
+        seen.append(c)
+        return torch.zeros_like(x)
+
+    x = torch.randn(1, C, 3, 8, 8)
+    guided_velocity(model_fn, x, torch.full((1,), 0.5), cond, guidance_scale=2.0)
+    sampling_uncond = seen[-1]
+    flow = FlowMatching()  # the defaults = conf/model/dit_*.yaml
+    FlowMatching(p_drop_ref=0.0, p_drop_smpl=0.0, p_drop_camera=0.0, p_drop_all=1.0).loss(model_fn, x, cond)
+    trained_uncond = seen[-1]
+    for name in ("ref", "smpl", "camera"):
+        assert torch.equal(trained_uncond.drop_flags(name), sampling_uncond.drop_flags(name))
+        assert sampling_uncond.drop_flags(name).all()
+    with torch.no_grad():  # a model whose every weight is random computes the same thing for both
+        torch.manual_seed(0)
+        model = dit_tiny().eval()
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.05)
+        t = torch.full((1,), 0.5)
+        uncond = model(x, t, sampling_uncond)
+        torch.testing.assert_close(model(x, t, trained_uncond), uncond)
+        assert not torch.allclose(model(x, t, cond), uncond, atol=1e-4)  # and the conditions matter
+    flags = draw_condition_drops(
+        200_000,
+        flow.p_drop_ref,
+        flow.p_drop_smpl,
+        flow.p_drop_camera,
+        flow.p_drop_all,
+        torch.Generator().manual_seed(0),
+    )
+    everything = (flags["ref"] & flags["smpl"] & flags["camera"]).float().mean()
+    assert flow.p_drop_all >= 0.05 and abs(everything - (flow.p_drop_all + 0.9 * 0.001)) < 0.003
 
 
 def test_sampling_the_tiny_model_with_cfg() -> None:

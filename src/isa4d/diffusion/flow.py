@@ -59,6 +59,7 @@ def flow_matching_loss(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     loss_mask: torch.Tensor | None = None,
+    clean_prefix: int = 0,
     reduction: str = "mean",
 ) -> torch.Tensor:
     """MSE between the predicted and the target velocity.
@@ -72,19 +73,32 @@ def flow_matching_loss(
         noise: ε like x0; drawn when None.
         logit_mean: Mean of the logit-normal.
         logit_std: Standard deviation of the logit-normal.
-        loss_mask: Weights broadcastable to x0 (e.g. (B, 1, T', 1, 1) with 0 for clean prefix frames);
-            the loss is the weighted mean over the weighted elements.
+        loss_mask: Weights broadcastable to x0 (e.g. (B, 1, T', 1, 1)); the loss is the weighted mean over
+            the weighted elements.
+        clean_prefix: HumanDiT's clean prefix: the first n latent frames enter the model clean (x_0, at
+            every t), as `euler_sample(prefix=..., prefix_clean=True)` gives them in long-video windows,
+            and are excluded from the loss.
         reduction: `"mean"` (scalar) or `"none"` (per sample, (B,)).
 
     Returns:
         The loss.
     """
     B = x0.shape[0]
+    if not 0 <= clean_prefix < x0.shape[2]:
+        raise ValueError(
+            f"clean_prefix={clean_prefix} must leave latent frames to denoise (T'={x0.shape[2]})"
+        )
     if t is None:
         t = sample_logit_normal(B, logit_mean, logit_std, generator, x0.device)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    prediction = model_fn(interpolate(x0, noise, t), t, cond)
+    x_t = interpolate(x0, noise, t)
+    if clean_prefix:
+        x_t = torch.cat([x0[:, :, :clean_prefix], x_t[:, :, clean_prefix:]], dim=2)
+        denoised = torch.ones(1, 1, x0.shape[2], 1, 1, device=x0.device)
+        denoised[:, :, :clean_prefix] = 0
+        loss_mask = denoised if loss_mask is None else loss_mask * denoised
+    prediction = model_fn(x_t, t, cond)
     error = (prediction.float() - velocity_target(x0, noise).float()) ** 2
     if loss_mask is None:
         per_sample = error.flatten(1).mean(1)
@@ -110,7 +124,9 @@ def draw_condition_drops(
     """Per-sample condition-dropout flags for classifier-free guidance.
 
     Each condition is dropped independently with its probability; with probability `p_all` all of
-    them are dropped together (the CFG unconditional input).
+    them are dropped together: the input of the CFG unconditional pass (`DiTConditions.unconditional()`,
+    which drops exactly `CONDITION_NAMES`), which independent drops alone give only p_ref·p_smpl·p_camera
+    of the time (0.1 % at 10 % each).
 
     Returns:
         `{"ref": (B,) bool, "smpl": (B,) bool, "camera": (B,) bool}`; use `cond.with_drops(**flags)`.
@@ -134,7 +150,7 @@ class FlowMatching:
         p_drop_ref: Reference/identity dropout probability.
         p_drop_smpl: Body dropout probability.
         p_drop_camera: Camera dropout probability.
-        p_drop_all: Probability of dropping all three together.
+        p_drop_all: Probability of dropping all three together (the unconditional mode CFG samples with).
     """
 
     logit_mean: float = 0.0
@@ -142,7 +158,7 @@ class FlowMatching:
     p_drop_ref: float = 0.1
     p_drop_smpl: float = 0.1
     p_drop_camera: float = 0.1
-    p_drop_all: float = 0.0
+    p_drop_all: float = 0.1
 
     def loss(
         self,
@@ -151,6 +167,7 @@ class FlowMatching:
         cond: Any,
         generator: torch.Generator | None = None,
         loss_mask: torch.Tensor | None = None,
+        clean_prefix: int = 0,
     ) -> torch.Tensor:
         """Condition dropout (if `cond` has `with_drops`; OR-ed with its flags), then `flow_matching_loss`."""
         if hasattr(cond, "with_drops"):
@@ -174,4 +191,5 @@ class FlowMatching:
             logit_mean=self.logit_mean,
             logit_std=self.logit_std,
             loss_mask=loss_mask,
+            clean_prefix=clean_prefix,
         )

@@ -70,7 +70,7 @@ def sample_long(
     shift: float = 3.0,
     guidance_scale: float = 2.0,
     uncond_drops: Sequence[str] = CONDITION_NAMES,
-    prefix_clean: bool = False,
+    prefix_clean: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
     """Sample a video longer than the model's window.
@@ -92,7 +92,8 @@ def sample_long(
         shift: SD3 time shift.
         guidance_scale: CFG scale.
         uncond_drops: Conditions dropped by the unconditional pass.
-        prefix_clean: `"prefix"` only: keep the prefix clean at every step instead of on the noise path.
+        prefix_clean: `"prefix"` only: keep the prefix clean at every step (default: as trained) instead of
+            putting it on the noise path.
         progress: Progress bars.
 
     Returns:

@@ -71,7 +71,7 @@ def euler_sample(
     uncond: Any = None,
     uncond_drops: Sequence[str] = CONDITION_NAMES,
     prefix: torch.Tensor | None = None,
-    prefix_clean: bool = False,
+    prefix_clean: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
     """Integrate the flow ODE from `noise` at t = 1 to a sample at t = 0.
@@ -86,9 +86,9 @@ def euler_sample(
         uncond: Unconditional conditions (see `guided_velocity`).
         uncond_drops: Conditions dropped by the default unconditional pass.
         prefix: (B, C, n, h, w) known clean latents of the first n latent frames (HumanDiT's prefix for
-            long videos). Before every step they are put back at their place on the path,
-            `(1 - t) prefix + t ε` (or `prefix` itself with `prefix_clean`, for models trained with clean
-            prefixes); the returned first n frames are exactly `prefix`.
+            long videos). Before every step they are put back clean (`prefix_clean`, the default: how
+            `DiTModule` trains its mid-clip windows, `flow_matching_loss(clean_prefix=n)`) or at their place
+            on the noise path, `(1 - t) prefix + t ε`; the returned first n frames are exactly `prefix`.
         prefix_clean: See `prefix`.
         progress: Show a progress bar.
 
