@@ -1,6 +1,9 @@
-"""`isa4d encode`: HumanVideo shards -> VAE-latent shards, round trip on a tiny shard set written here."""
+"""`isa4d encode`: HumanVideo shards -> the DiT's latent cache, on a tiny shard set written here
+(tests/test_latents.py: the cache against on-the-fly training)."""
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
@@ -9,10 +12,12 @@ import webdataset as wds
 
 from isa4d.config import compose
 from isa4d.data import Cameras, Clip, Reference, SMPLParams, decode_sample, shard_paths, write_shards
-from isa4d.data.format import CAMERA, MASK, META, REF_CAMERA, REF_IMAGE, REF_SMPL, SMPL
-from isa4d.encode import BACKGROUND_LATENT, LATENT, REF_LATENT, encode, main, read_latent_sample
+from isa4d.data.latents import LATENT, LatentClipDecoder
+from isa4d.data.shards import read_manifest
+from isa4d.encode import encode, main
 from isa4d.models.vae import vae_tiny
-from isa4d.modules import VAEModule, frames_to_tensor, load_vae
+from isa4d.modules import VAEModule, load_vae
+from isa4d.utils.files import file_sha256
 
 H, W = 32, 48  # multiples of 8
 REF_SIZE = (24, 32)
@@ -92,96 +97,73 @@ def checkpoint(tmp_path_factory):
 
 
 def encode_config(**overrides):
-    options = {"device": "cpu", "chunk_frames": 4, **overrides}
+    options = {"device": "cpu", "data.num_frames": 5, "data.resolution": 16, "num_versions": 2, **overrides}
     return compose("encode", [f"{key}={value}" for key, value in options.items()])
 
 
 def read_split(folder, split) -> dict[str, dict]:
     samples = wds.WebDataset([str(p) for p in shard_paths(folder, split)], shardshuffle=False)
-    return {raw["__key__"]: read_latent_sample(raw) for raw in samples}
+    return {raw["__key__"]: LatentClipDecoder(max_persons=2)(raw) for raw in samples}
 
 
-def assert_arrays_equal(actual: dict, expected: object, frames: int | None = None) -> None:
-    for name, array in actual.items():
-        want = getattr(expected, name)
-        if frames is not None and name in ("global_orient", "body_pose", "transl"):
-            want = want[:, :frames]
-        elif frames is not None and name in ("K", "R", "t"):
-            want = want[:frames]
-        assert array.dtype == want.dtype, name
-        np.testing.assert_array_equal(array, want, err_msg=name)
-
-
-def test_encode_round_trip(source, checkpoint, tmp_path, capsys):
+def test_encode_writes_augmented_versions_and_how_they_were_made(source, checkpoint, tmp_path, capsys):
     folder, decoded = source
     out = tmp_path / "latents"
-    cfg = encode_config(
-        ckpt_path=checkpoint, input_dir=folder, output_dir=out, include_masks="true", shard_max_count=1
-    )
-    main(cfg)
-    assert "train: 2 sample(s) in 2 shard(s)" in capsys.readouterr().out
-    manifest = encode(encode_config(ckpt_path=checkpoint, input_dir=folder, output_dir=out, overwrite="true"))
-    assert manifest["latents"]["normalized"] and manifest["latents"]["latent"] == "mode"
-    assert manifest["latents"]["shift"] == pytest.approx([0.1] * 16)
-    assert manifest["splits"]["train"]["latent_shapes"] == {"16x3x4x6": 2}
-    assert manifest["splits"]["val"]["latent_shapes"] == {"16x2x4x6": 1}
+    main(encode_config(ckpt_path=checkpoint, input_dir=folder, output_dir=out, shard_max_count=3))
+    assert "train: 4 sample(s) of 2 clip(s) in 2 shard(s)" in capsys.readouterr().out
+    manifest = read_manifest(out)
+    info = manifest["latents"]
+    assert info["vae_sha256"] == file_sha256(checkpoint) and info["vae_ckpt"] == str(checkpoint)
+    assert info["resolution"] == [16, 16] and info["num_frames"] == 5 and info["num_versions"] == 2
+    assert info["shift"] == pytest.approx([0.1] * 16) and info["control_videos"] == []
+    assert info["augment"]["crop"] == {"enabled": True, "scale": [0.9, 1.0]}  # conf/data/human.yaml
+    assert manifest["splits"]["train"]["latent_shapes"] == {"16x2x2x2": 4}
 
-    vae = load_vae(checkpoint)  # the EMA weights: what encode uses by default
-    shift, scale = torch.tensor(manifest["latents"]["shift"]), torch.tensor(manifest["latents"]["scale"])
-    samples = {**read_split(out, "train"), **read_split(out, "val")}
-    assert sorted(samples) == sorted(decoded)
-    for key, sample in samples.items():
-        raw, source_clip = decoded[key]
-        frames = 1 + (source_clip.meta.num_frames - 1) // 4 * 4
-        latent = sample[LATENT]
-        assert latent.dtype == np.float32 and latent.shape == (16, 1 + (frames - 1) // 4, H // 8, W // 8)
-        meta = sample[META]
-        assert meta["num_frames"] == frames and meta["source_num_frames"] == source_clip.meta.num_frames
-        assert meta["source_meta"] == source_clip.meta.to_dict()
-        # the stored latents, denormalised, are the VAE's own encoding of the source frames
+    vae = load_vae(checkpoint)  # the EMA weights, as DiTModule loads them
+    samples = read_split(out, "train")
+    assert sorted(samples) == ["full-0-v000", "full-0-v001", "long-1-v000", "long-1-v001"]
+    for sample in samples.values():
+        clip = decoded[sample["key"]][1]
+        assert sample["latent"].shape == (16, 2, 2, 2) and sample["ref_latent"].shape == (16, 1, 2, 2)
+        persons = clip.smpl.num_persons
+        assert sample["person_mask"].tolist() == [p < persons for p in range(2)]
+        torch.testing.assert_close(sample["smpl"]["betas"][:persons], torch.from_numpy(clip.smpl.betas))
+        assert bool(sample["has_reference"]) == bool(sample["has_background"]) == (clip.reference is not None)
+        if clip.background is None:
+            assert not sample["background_latent"].any()
+        # The reference image at the training resolution is what the stored reference latent encodes.
         with torch.no_grad():
-            expected = vae.encode(frames_to_tensor(source_clip.video[:frames])).mode()[0]
-        stored = torch.from_numpy(latent) / scale.view(-1, 1, 1, 1) + shift.view(-1, 1, 1, 1)
-        torch.testing.assert_close(stored, expected, rtol=1e-4, atol=1e-4)
-        if source_clip.smpl is None:
-            assert SMPL not in sample and CAMERA not in sample
-            continue
-        assert_arrays_equal(sample[SMPL], source_clip.smpl, frames)
-        assert_arrays_equal(sample[CAMERA], source_clip.camera, frames)
-        if source_clip.reference is not None:
-            assert sample[REF_IMAGE] == raw[REF_IMAGE]
-            assert_arrays_equal(sample[REF_SMPL], source_clip.reference.smpl)
-            assert_arrays_equal(sample[REF_CAMERA], source_clip.reference.camera)
-            assert sample[REF_LATENT].shape == (16, 1, REF_SIZE[0] // 8, REF_SIZE[1] // 8)
-            assert sample[BACKGROUND_LATENT].shape == latent.shape
-            with torch.no_grad():
-                background = vae.encode(frames_to_tensor(source_clip.background)).mode()[0]
-            torch.testing.assert_close(
-                torch.from_numpy(sample[BACKGROUND_LATENT]),
-                vae.normalize(background[None])[0],
-                rtol=1e-4,
-                atol=1e-4,
-            )
-            assert MASK not in sample  # include_masks was false in the second run
-        else:
-            assert REF_LATENT not in sample and BACKGROUND_LATENT not in sample
+            ref = vae.normalize(vae.encode(sample["ref_image"][None, :, None]).mode())[0]
+        torch.testing.assert_close(sample["ref_latent"], ref, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(samples["full-0-v000"]["K"], samples["full-0-v001"]["K"])
     assert not list(out.glob(".tmp-*"))
 
+    # float16 storage of the same versions
+    encode(
+        encode_config(ckpt_path=checkpoint, input_dir=folder, output_dir=tmp_path / "half", dtype="float16")
+    )
+    half = wds.WebDataset([str(p) for p in shard_paths(tmp_path / "half", "train")], shardshuffle=False)
+    for raw in half:
+        stored = np.load(io.BytesIO(raw[LATENT]))
+        assert stored.dtype == np.float16
+        torch.testing.assert_close(
+            torch.from_numpy(stored).float(), samples[raw["__key__"]]["latent"], atol=2e-3, rtol=2e-3
+        )
 
-def test_sample_latents_float16_and_masks(source, checkpoint, tmp_path):
-    folder, decoded = source
-    options = {"ckpt_path": checkpoint, "input_dir": folder, "splits": "[train]", "include_masks": "true"}
-    encode(encode_config(**options, output_dir=tmp_path / "a"))
-    mode = read_split(tmp_path / "a", "train")
-    encode(encode_config(**options, output_dir=tmp_path / "b", latent="sample", dtype="float16", seed=3))
-    sampled = read_split(tmp_path / "b", "train")
-    encode(encode_config(**options, output_dir=tmp_path / "c", latent="sample", dtype="float16", seed=3))
-    again = read_split(tmp_path / "c", "train")
-    for key in sampled:
-        assert sampled[key][LATENT].dtype == np.float16
-        np.testing.assert_array_equal(sampled[key][LATENT], again[key][LATENT])  # seeded per clip
-        assert not np.allclose(sampled[key][LATENT], mode[key][LATENT], atol=1e-2)
-    assert mode["full-0"][MASK] == decoded["full-0"][0][MASK]  # carried as it was
+
+def test_unusable_clips_are_skipped_and_other_settings_refused(source, checkpoint, tmp_path):
+    folder, _ = source
+    out = tmp_path / "latents"
+    with pytest.raises(ValueError, match="no samples"):  # val holds one unannotated clip only
+        encode(encode_config(ckpt_path=checkpoint, input_dir=folder, output_dir=out, splits="[val]"))
+    manifest = encode(encode_config(ckpt_path=checkpoint, input_dir=folder, output_dir=out, splits="[train]"))
+    assert manifest["splits"]["train"]["skipped"] == {"read": 0, "invalid": 0, "unusable": 0}
+    with pytest.raises(ValueError, match="made differently"):
+        encode(
+            encode_config(
+                ckpt_path=checkpoint, input_dir=folder, output_dir=out, splits="[val]", num_versions=1
+            )
+        )
 
 
 def test_encode_checks_inputs_before_loading_the_model(source, checkpoint, tmp_path, monkeypatch):
@@ -197,8 +179,9 @@ def test_encode_checks_inputs_before_loading_the_model(source, checkpoint, tmp_p
         ({"input_dir": tmp_path}, FileNotFoundError, "manifest.json"),
         ({"splits": "[test]"}, KeyError, "test"),
         ({"output_dir": folder}, ValueError, "differ"),
-        ({"chunk_frames": 6}, ValueError, "multiple of 4"),
-        ({"latent": "mean"}, ValueError, "latent"),
+        ({"num_versions": 0}, ValueError, "num_versions"),
+        ({"control_videos": "[depth]"}, ValueError, "control_videos"),
+        ({"dtype": "int8"}, ValueError, "dtype"),
     ]
     for change, error, message in cases:
         with pytest.raises(error, match=message):

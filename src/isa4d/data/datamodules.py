@@ -167,7 +167,7 @@ class VideoClipDecoder(_Decoder):
         return {"key": header.key, "video": rgb_tensor(plan, clip.video), "aug": plan.summary()}
 
 
-def _smpl_tensors(smpl: SMPLParams, max_persons: int, plan: ClipPlan | None) -> dict[str, torch.Tensor]:
+def smpl_tensors(smpl: SMPLParams, max_persons: int, plan: ClipPlan | None) -> dict[str, torch.Tensor]:
     """SMPL arrays `(P, T, ...)` (betas `(P, 10)`) at the plan's frames (nearest; all frames if None),
     zero-padded to `max_persons`."""
     out = {}
@@ -190,6 +190,14 @@ class HumanClipDecoder(_Decoder):
         self.max_persons = max_persons
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return self.decode(sample, self._rng(str(sample.get("__key__"))))
+
+    def decode(self, sample: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
+        """The training sample of a raw sample with the augmentation drawn from `rng` (None: none).
+
+        `isa4d encode` calls this with one seeded generator per cached version, the stream with the
+        sample's own generator: both go through the same crop/resize/frame selection.
+        """
         header = read_header(sample)
         if header.smpl is None:
             raise UnusableClipError("not annotated (no smpl.npz / camera.npz)")
@@ -197,13 +205,13 @@ class HumanClipDecoder(_Decoder):
         if persons > self.max_persons:
             raise UnusableClipError(f"{persons} persons, more than max_persons = {self.max_persons}")
         meta = header.meta
-        plan = self._plan(self._rng(header.key), meta.num_frames, (meta.height, meta.width), self.num_frames)
+        plan = self._plan(rng, meta.num_frames, (meta.height, meta.width), self.num_frames)
         clip = decode_window(sample, header, plan.source_indices)
         camera = clip.camera
         out: dict[str, Any] = {
             "key": header.key,
             **self._frames(clip, plan),
-            "smpl": _smpl_tensors(clip.smpl, self.max_persons, plan),
+            "smpl": smpl_tensors(clip.smpl, self.max_persons, plan),
             "person_mask": torch.arange(self.max_persons) < persons,
             "K": plan.intrinsics(plan.resample(torch.from_numpy(camera.K).double())).float(),
             "R": plan.resample(torch.from_numpy(camera.R)),
@@ -264,7 +272,7 @@ def reference_tensors(reference: Reference, resolution: Size, max_persons: int) 
     camera = reference.camera
     return {
         "ref_image": rgb_tensor(plan, reference.image[None])[:, 0],
-        "ref_smpl": _smpl_tensors(reference.smpl, max_persons, None),
+        "ref_smpl": smpl_tensors(reference.smpl, max_persons, None),
         "ref_K": plan.intrinsics(torch.from_numpy(camera.K).double()).float(),
         "ref_R": torch.from_numpy(camera.R),
         "ref_t": torch.from_numpy(camera.t),
@@ -358,7 +366,8 @@ class ShardDataModule(L.LightningDataModule):
         """Skipped-sample counters of the training and validation streams (summed over workers)."""
         self._sources: dict[str, list[list[str]]] = {}
 
-    def _decoder(self, train: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def decoder(self, train: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """Raw sample -> decoded sample, for the training (augmented) or the validation stream."""
         raise NotImplementedError
 
     def _decoder_args(self, train: bool) -> dict[str, Any]:
@@ -400,7 +409,7 @@ class ShardDataModule(L.LightningDataModule):
         """Resampled, shuffled, augmented; `batches_per_stream() * max(1, num_workers)` batches per rank."""
         dataset = make_webdataset(
             self._sources_of("train"),
-            decode_fn=self._decoder(train=True),
+            decode_fn=self.decoder(train=True),
             batch_size=self.batch_size,
             resampled=True,
             shuffle_buffer=self.shuffle_buffer,
@@ -422,7 +431,7 @@ class ShardDataModule(L.LightningDataModule):
             return []
         dataset = make_webdataset(
             sources,
-            decode_fn=self._decoder(train=False),
+            decode_fn=self.decoder(train=False),
             batch_size=self.val_batch_size,
             resampled=False,
             shuffle_buffer=0,
@@ -454,7 +463,7 @@ class VideoDataModule(ShardDataModule):
             raise ValueError(f"image_prob must be in [0, 1], got {image_prob}")
         self.image_prob = image_prob
 
-    def _decoder(self, train: bool) -> VideoClipDecoder:
+    def decoder(self, train: bool) -> VideoClipDecoder:
         return VideoClipDecoder(**self._decoder_args(train), image_prob=self.image_prob)
 
 
@@ -493,7 +502,7 @@ class HumanVideoDataModule(ShardDataModule):
             raise ValueError(f"max_persons must be >= 1, got {max_persons}")
         self.max_persons = max_persons
 
-    def _decoder(self, train: bool) -> HumanClipDecoder:
+    def decoder(self, train: bool) -> HumanClipDecoder:
         return HumanClipDecoder(**self._decoder_args(train), max_persons=self.max_persons)
 
 

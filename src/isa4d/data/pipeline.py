@@ -273,22 +273,24 @@ def decode_samples(
 def batch_by_shape(
     samples: Iterable[dict[str, Any]], batch_size: int, partial: bool
 ) -> Iterator[dict[str, Any]]:
-    """Pipeline stage: batches of `batch_size` samples whose `"video"` tensors have the same shape.
+    """Pipeline stage: batches of `batch_size` samples whose `"video"` tensors have the same shape
+    (samples of latent shards, without `"video"`: their `"latent"` tensors).
 
     Samples wait in one bucket per shape; a full bucket is collated (:func:`torch.utils.data.default_collate`:
     tensors stacked on a new first axis, strings listed, nested dicts collated key by key).
 
     Args:
-        samples: decoded samples (dicts of tensors and strings with a `"video"` tensor).
+        samples: decoded samples (dicts of tensors and strings with a `"video"` or `"latent"` tensor).
         batch_size: samples per batch.
         partial: at the end of the stream, also yield the incomplete buckets.
     """
     buckets: dict[tuple[int, ...], list[dict[str, Any]]] = {}
     for sample in samples:
-        bucket = buckets.setdefault(tuple(sample["video"].shape), [])
+        shape = tuple(sample["video" if "video" in sample else "latent"].shape)
+        bucket = buckets.setdefault(shape, [])
         bucket.append(sample)
         if len(bucket) == batch_size:
-            yield default_collate(buckets.pop(tuple(sample["video"].shape)))
+            yield default_collate(buckets.pop(shape))
     if partial:
         yield from (default_collate(bucket) for bucket in buckets.values())
 
@@ -328,8 +330,8 @@ def make_webdataset(
 
     Args:
         sources: shard paths/URLs of every source (e.g. one list per dataset folder).
-        decode_fn: raw sample (`__key__` and member bytes) -> dict of tensors (with a `"video"` tensor)
-            and strings; raises :data:`DATA_ERRORS` for bad samples and `UnusableClipError` for unusable
+        decode_fn: raw sample (`__key__` and member bytes) -> dict of tensors (with a `"video"` or
+            `"latent"` tensor) and strings; raises :data:`DATA_ERRORS` for bad samples and `UnusableClipError` for unusable
             ones. Runs in the DataLoader workers.
         batch_size: samples per batch (batched in the worker, see :func:`batch_by_shape`).
         resampled: draw shards with replacement forever (training); else read every shard once.

@@ -1,16 +1,18 @@
 """HumanVideoDataModule batches -> ISA-DiT inputs: normalised VAE latents and `DiTConditions`.
 
 `ConditionBuilder` holds the frozen stage-1 VAE, the body model and the fixed surface points
-(`SurfaceSampler`); training (`DiTModule`), its sample videos, `isa4d generate` and `isa4d evaluate` all
-go through it, so a model sees the same conditions everywhere. For the 2-D control baselines it also
-renders the bodies (normal maps or part-coloured bodies, `isa4d.render.render_body_video`) and encodes
-that video as the control latent. Batch layout: `HumanVideoDataModule`'s docstring
-(`isa4d generate` builds the same keys, without `video`).
+(`SurfaceSampler`); training (`DiTModule`), its sample videos, `isa4d generate`, `isa4d evaluate` and
+`isa4d encode` (the latent cache) all go through it, so a model sees the same conditions everywhere. For
+the 2-D control baselines it also renders the bodies (normal maps or part-coloured bodies,
+`isa4d.render.render_body_video`) and encodes that video as the control latent. Batch layout:
+`HumanVideoDataModule`'s docstring (`isa4d generate` builds the same keys, without `video`); batches of
+latent shards (`HumanLatentDataModule`) carry the latents instead of the pixels, and then the VAE and
+the renderer are not used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -63,7 +65,7 @@ class ConditionBuilder(nn.Module):
         self.sampler = SurfaceSampler(body.faces, body.v_template, num_points, seed=point_seed)
         self.sample_posterior = sample_posterior
         self.control_video = control_video
-        self.part_colors = part_colors(body.lbs_weights) if control_video == "body" else None
+        self.part_colors = part_colors(body.lbs_weights)
 
     def train(self, mode: bool = True) -> ConditionBuilder:
         """The frozen parts stay in eval mode."""
@@ -124,8 +126,9 @@ class ConditionBuilder(nn.Module):
         R: torch.Tensor,
         t: torch.Tensor,
         image_size: tuple[int, int],
+        kind: str | None = None,
     ) -> torch.Tensor:
-        """The `control_video` of the real persons (CPU renderer), as a VAE input.
+        """A control video of the real persons (CPU renderer), as a VAE input.
 
         Args:
             vertices: (B, P, T, V, 3) posed vertices, world metres.
@@ -134,12 +137,14 @@ class ConditionBuilder(nn.Module):
             R: (B, T, 3, 3) world-to-camera rotations.
             t: (B, T, 3) world-to-camera translations.
             image_size: (H, W).
+            kind: One of `CONTROL_VIDEOS`; None: the builder's `control_video`.
 
         Returns:
             (B, 3, T, H, W) float32 in [-1, 1] (background -1), on the device of `vertices`.
         """
-        if self.control_video is None:
-            raise ValueError("this ConditionBuilder renders no control video (control_video=None)")
+        kind = kind or self.control_video
+        if kind not in CONTROL_VIDEOS:
+            raise ValueError(f"control video {kind!r}: choose one of {CONTROL_VIDEOS}")
         device = vertices.device
         faces, mask = self.body.faces.cpu(), person_mask.bool().cpu()
         vertices, K, R, t = (x.detach().cpu() for x in (vertices, K, R, t))
@@ -151,7 +156,7 @@ class ConditionBuilder(nn.Module):
                 R[b],
                 t[b],
                 image_size,
-                self.control_video,
+                kind,
                 self.part_colors,
             )
             for b in range(vertices.shape[0])
@@ -161,50 +166,108 @@ class ConditionBuilder(nn.Module):
 
     # ---------------------------------------------------------------------------------- batches
 
+    @torch.no_grad()
+    def encode_conditions(
+        self, batch: Mapping[str, Any], vertices: torch.Tensor, control_videos: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """The VAE latents of a pixel batch's conditions (posterior means), as the latent cache holds them.
+
+        Args:
+            batch: `ref_image (B, 3, H, W)`, `person_mask`, `K`, `R`, `t` and, if present,
+                `background (B, 3, T, H, W)` with `has_background (B,)`.
+            vertices: (B, P, T, V, 3) the posed bodies (`posed_body`), rendered for the control videos.
+            control_videos: The kinds of control video to render and encode (`CONTROL_VIDEOS`).
+
+        Returns:
+            `ref_latent (B, C, 1, h, w)`, `background_latent (B, C, T', h, w)` (zero for samples without
+            a background; only if the batch has `background`), `control_latent` `{kind: (B, C, T', h, w)}`.
+        """
+        ref_image = batch["ref_image"]
+        latents: dict[str, Any] = {"ref_latent": self.encode(ref_image[:, :, None])}
+        if "background" in batch:
+            present = batch["has_background"].to(ref_image.device)
+            latents["background_latent"] = self.encode(batch["background"]) * rearrange(
+                present.float(), "b -> b 1 1 1 1"
+            )
+        cameras = (batch["K"].float(), batch["R"].float(), batch["t"].float())
+        latents["control_latent"] = {
+            kind: self.encode(
+                self.render_control(vertices, batch["person_mask"], *cameras, ref_image.shape[-2:], kind)
+            )
+            for kind in control_videos
+        }
+        return latents
+
+    def cached_latents(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The condition latents of a batch of latent shards, checked against what this builder needs.
+
+        Raises:
+            ValueError: the cache has no control video of the builder's `control_video` kind.
+        """
+        controls = batch.get("control_latent", {})
+        if self.control_video is not None and self.control_video not in controls:
+            raise ValueError(
+                f"the latent batch has no {self.control_video!r} control latent (it has {sorted(controls)}); "
+                f"rebuild the cache with `isa4d encode control_videos=[{self.control_video}]`"
+            )
+        return batch
+
     def conditions(self, batch: Mapping[str, Any]) -> DiTConditions:
         """The `DiTConditions` of a batch (no dropout).
 
         Uses `smpl`, `person_mask`, `K`, `R`, `t`, `ref_image` (at the video resolution: it sets
         `image_size`), `ref_smpl`, `ref_K`, `ref_R`, `ref_t` and, if present, `background (B, 3, T, H, W)`
         with `has_background (B,)` (samples without one get a zero latent). With a `control_video`, the
-        bodies are rendered with the batch's cameras and encoded as `control_latent`.
+        bodies are rendered with the batch's cameras and encoded as `control_latent`. A batch of latent
+        shards (with `latent`) brings `ref_latent`, `background_latent`, `control_latent` instead: then
+        nothing is encoded or rendered.
         """
         ref_image = batch["ref_image"]
-        image_size = tuple(ref_image.shape[-2:])
         body, points = self.posed_body(batch["smpl"])
         ref_points, _ = self.pose(batch["ref_smpl"])
-        person_mask = batch["person_mask"].bool()
-        K, R, t = batch["K"].float(), batch["R"].float(), batch["t"].float()
-        background = control = None
-        if "background" in batch:
-            present = batch["has_background"].to(ref_image.device)
-            background = self.encode(batch["background"]) * rearrange(present.float(), "b -> b 1 1 1 1")
-        if self.control_video is not None:
-            control = self.encode(self.render_control(body.vertices, person_mask, K, R, t, image_size))
+        if "latent" in batch:
+            latents = self.cached_latents(batch)
+        else:
+            controls = [] if self.control_video is None else [self.control_video]
+            latents = self.encode_conditions(batch, body.vertices, controls)
+        control = latents["control_latent"][self.control_video] if self.control_video is not None else None
+        background = latents.get("background_latent")
         return DiTConditions(
-            ref_latent=self.encode(ref_image[:, :, None]),
+            ref_latent=latents["ref_latent"].float(),
             points=points,
-            person_mask=person_mask,
-            K=K,
-            R=R,
-            t=t,
-            image_size=image_size,
+            person_mask=batch["person_mask"].bool(),
+            K=batch["K"].float(),
+            R=batch["R"].float(),
+            t=batch["t"].float(),
+            image_size=tuple(ref_image.shape[-2:]),
             ref_points=ref_points[:, :, 0],
             ref_K=batch["ref_K"][:, 0].float(),
             ref_R=batch["ref_R"][:, 0].float(),
             ref_t=batch["ref_t"][:, 0].float(),
             ref_image=ref_image.float(),
             canonical_points=self.sampler.canonical_points,
-            background_latent=background,
-            control_latent=control,
+            background_latent=None if background is None else background.float(),
+            control_latent=None if control is None else control.float(),
         )
 
     def forward(
         self, batch: Mapping[str, Any], generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, DiTConditions]:
-        """`x0 (B, C, T', h, w)` (normalised latents of `batch["video"]`) and the batch's conditions."""
-        x0 = self.encode(batch["video"], sample=self.sample_posterior and self.training, generator=generator)
-        return x0, self.conditions(batch)
+        """`x0 (B, C, T', h, w)` (normalised latents of `batch["video"]`, or the cached `batch["latent"]`)
+        and the batch's conditions.
+
+        Raises:
+            ValueError: cached latents with `sample_posterior` in training (the cache holds posterior means).
+        """
+        if "latent" not in batch:
+            sample = self.sample_posterior and self.training
+            return self.encode(batch["video"], sample=sample, generator=generator), self.conditions(batch)
+        if self.sample_posterior and self.training:
+            raise ValueError(
+                "sample_posterior=true needs the VAE posterior, but latent shards hold posterior means: "
+                "train with sample_posterior=false or on pixel shards (data=human)"
+            )
+        return batch["latent"].float(), self.conditions(batch)
 
 
 __all__ = ["ConditionBuilder"]
