@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 ARGS ?=
 
 
-.PHONY: help install lock test test-full test-slow lint format demo data train-vae train-dit generate \
+.PHONY: help install lock test test-full test-slow lint format demo data train-vae train-dit latents generate \
 	evaluate ablate bench docker-build clean
 
 help: ## list targets
@@ -107,10 +107,30 @@ train-vae: install data ## train the tiny VAE on CPU (VAE_EXPERIMENT=, ARGS= Hyd
 # The experiment of `make train-dit`; its stage-1 VAE: VAE_CKPT=path, else the newest one (trained first
 # with `make train-vae` when there is none).
 DIT_EXPERIMENT ?= dit_tiny_cpu
+# Its latent cache (docs/train_dit.md): `isa4d encode` of the synthetic train split with that VAE, built once
+# per VAE checkpoint under $(DATA_DIR)/latents/<first 12 hex of its sha256>/<DIT_EXPERIMENT>[_<controls>]/
+# (a `.complete` stamp makes reruns no-ops). DIT_LATENT_ARGS must give the data settings of DIT_EXPERIMENT
+# (training refuses a cache of another VAE, resolution or frame count); the 2-D baselines need their control
+# videos cached: DIT_CONTROL_VIDEOS=[normal,body] ARGS=+variant=controlnet_normal.
+DIT_LATENT_ARGS ?= data.num_frames=17 data.resolution=64 num_versions=4
+DIT_CONTROL_VIDEOS ?= []
+comma := ,
+DIT_CACHE = $(DATA_DIR)/latents/$$(sha256sum $(1) | cut -c1-12)/$(DIT_EXPERIMENT)$(subst $(comma),_,$(subst [,_,$(subst ],,$(filter-out [],$(DIT_CONTROL_VIDEOS)))))
 
-train-dit: install data ## train the tiny ISA-DiT on CPU (DIT_EXPERIMENT=, VAE_CKPT=, ARGS= Hydra overrides)
+train-dit: install data ## train the tiny ISA-DiT on CPU from its latent cache (DIT_EXPERIMENT=, VAE_CKPT=, ARGS= Hydra overrides)
 	@test -n "$(VAE_CKPT)$$($(NEWEST_VAE))" || $(MAKE) --no-print-directory train-vae ARGS=
-	$(VENV)/bin/isa4d train-dit experiment=$(DIT_EXPERIMENT) model.vae_ckpt=$(or $(VAE_CKPT),$$($(NEWEST_VAE))) $(ARGS)
+	@vae=$(or $(VAE_CKPT),$$($(NEWEST_VAE))) && $(MAKE) --no-print-directory latents VAE_CKPT=$$vae && \
+	  set -x && $(VENV)/bin/isa4d train-dit experiment=$(DIT_EXPERIMENT) model.vae_ckpt=$$vae \
+	  data.train_dirs=[$(call DIT_CACHE,$$vae)] $(ARGS)
+
+latents: install data ## the latent cache of `make train-dit` for VAE_CKPT (default: the newest VAE)
+	@vae=$(or $(VAE_CKPT),$$($(NEWEST_VAE))) && test -n "$$vae" || { echo "make latents: no VAE checkpoint (make train-vae)"; exit 2; }; \
+	  $(MAKE) --no-print-directory $(call DIT_CACHE,$$vae)/.complete LATENT_VAE=$$vae
+
+$(DATA_DIR)/latents/%/.complete:
+	$(VENV)/bin/isa4d encode ckpt_path=$(LATENT_VAE) input_dir=$(DATA_DIR)/shards/synth output_dir=$(@D) \
+	  control_videos=$(DIT_CONTROL_VIDEOS) overwrite=true $(DIT_LATENT_ARGS)
+	touch $@
 
 generate: install ## generate a video with the newest DiT checkpoint (DIT_CKPT=, ARGS= Hydra overrides)
 	$(VENV)/bin/isa4d generate ckpt_path=$(or $(DIT_CKPT),$$($(NEWEST_DIT))) $(ARGS)
@@ -147,6 +167,7 @@ bench: install data ## benchmarks -> experiments/bench/*.json|md
 	$(PY) -m isa4d.data.bench --config human
 	$(PY) -c "import diffusers" 2>/dev/null || $(SHARED_VENV)/bin/python -m pip --python $(PY) install -q "$(DIFFUSERS)"
 	$(PY) -m isa4d.bench.vae
+	$(PY) -m isa4d.bench.steps
 
 docker-build: ## build the GPU image (needs a Docker engine)
 	docker build -f docker/Dockerfile -t isa4d:latest .
