@@ -191,3 +191,15 @@ def test_make_train_dit_builds_the_cache_its_experiment_reads(tmp_path):
     assert trained._target_.endswith("HumanLatentDataModule") and trained.vae_ckpt == "v"
     settings = ("num_frames", "resolution", "frame_stride", "max_persons", "seed", "motion", "speed", "crop")
     assert {name: built[name] for name in settings} == {name: trained[name] for name in settings}
+
+
+def test_cached_batches_the_builder_cannot_use_are_refused(cache, vae_ckpt):
+    batch = default_collate([LatentClipDecoder(max_persons=2)(raw) for raw in raw_samples(cache).values()])
+    with pytest.raises(ValueError, match="no 'normal' control latent"):  # loaded without it
+        control_module(vae_ckpt).builder(batch)
+    torch.manual_seed(0)
+    builder = DiTModule(DIT_CONFIG, str(vae_ckpt), num_points=64, sample_posterior=True).builder
+    with pytest.raises(ValueError, match="posterior means"):
+        builder(batch)
+    x0, _ = builder.eval()(batch)  # validation and sampling take the means anyway
+    torch.testing.assert_close(x0, batch["latent"], rtol=0, atol=0)
