@@ -23,6 +23,7 @@ from dit_fixtures import (
 )
 from isa4d.callbacks import DiTSamples
 from isa4d.data.video_io import read_video
+from isa4d.diffusion import sample_long
 from isa4d.geometry import project_points
 from isa4d.modules import DiTModule, load_dit_module, read_checkpoint
 from isa4d.modules.dit_module import VAE_PREFIX
@@ -73,6 +74,43 @@ def test_training_step_reaches_the_dit_not_the_vae(vae_ckpt, batch):
     assert not module.vae.training and not module.builder.body.training
     module.train()
     assert not module.vae.training  # stays frozen in eval mode
+
+
+def test_training_windows_are_the_layouts_generation_uses(vae_ckpt, batch):
+    """Long-video generation (`sample_long`, prefix strategy) shows the DiT two layouts: the clip's start
+    (latent frame 0 = one frame, padding slots) and later windows of four-frame latents with a clean
+    prefix; `training_window` trains exactly these, with the same conditions."""
+    module = dit_module(vae_ckpt, window_latents=2, window_prob=1.0, prefix_latents=1)
+    x0, cond = module.builder(batch)  # 3 latent frames (9 video frames)
+    seen = []
+
+    def record(x, t, c):
+        seen.append((x.clone(), c))
+        return torch.zeros_like(x)
+
+    noise = torch.randn_like(x0)
+    sample_long(
+        record, noise, cond, "prefix", window_frames=8, overlap_frames=4, num_steps=1, guidance_scale=1
+    )
+    (first_x, first_c), (later_x, later_c) = seen  # windows [0, 2) and [1, 3) with latent 1 as prefix
+    assert (first_x.shape[2], first_c.num_frames, later_x.shape[2], later_c.num_frames) == (2, 5, 2, 8)
+
+    seen.clear()
+    x, c, prefix = module.training_window(x0, cond)  # window_prob 1: mid-clip
+    module.flow.loss(record, x, c, clean_prefix=prefix)
+    trained_x, trained_c = seen[-1]
+    assert prefix == 1 and trained_x.shape == later_x.shape and trained_c.num_frames == later_c.num_frames
+    assert torch.equal(trained_x[:, :, :1], x0[:, :, 1:2])  # the prefix enters clean, as in sampling
+    assert not torch.equal(trained_x[:, :, 1:], x0[:, :, 2:])  # the rest is noised
+    for name in ("points", "K", "R", "t", "background_latent"):
+        assert torch.equal(getattr(trained_c, name), getattr(later_c, name)), name
+
+    module.hparams.window_prob = 0.0  # the clip's start: generation's first window
+    x, c, prefix = module.training_window(x0, cond)
+    assert prefix == 0 and torch.equal(x, x0[:, :, :2]) and c.num_frames == first_c.num_frames == 5
+    torch.testing.assert_close(c.points, first_c.points, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="prefix_latents"):
+        dit_module(vae_ckpt, window_latents=2, prefix_latents=2)
 
 
 def test_validation_flow_loss_is_deterministic(vae_ckpt, batch):

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from isa4d.callbacks.vae import _VAEDiagnostic, write_video
-from isa4d.diffusion import euler_sample
+from isa4d.diffusion import sample_long
 from isa4d.geometry import project_points
+from isa4d.models.dit.conditions import FRAMES_PER_LATENT
 from isa4d.modules.dit_module import DiTModule, seeded_noise
 from isa4d.modules.vae_module import tensor_to_frames
 
@@ -85,7 +86,8 @@ class DiTSamples(_VAEDiagnostic):
     """Ground truth | generated | projected SMPL points, for fixed validation clips.
 
     The first `num_samples` validation clips are kept (on the CPU). Each is generated from seeded noise
-    (the clip key and `seed`) with `euler_sample` (`num_steps`, CFG `guidance_scale`, time `shift`),
+    (the clip key and `seed`) with `sample_long` in the module's training windows (`num_steps`, CFG
+    `guidance_scale`, time `shift`),
     with the EMA weights when kept, and all are stacked vertically into one mp4
     `<dirpath>/step<global step>.mp4` (default `dirpath`: `<run>/samples`). The middle frame is logged
     as the image `val/samples` to a TensorBoardLogger, if there is one.
@@ -143,14 +145,19 @@ class DiTSamples(_VAEDiagnostic):
             self.samples.append(take(batch, index))
 
     def generate(self, pl_module: DiTModule, batch: Mapping[str, Any]) -> torch.Tensor:
-        """The generated video `(1, 3, T, H, W)` in [-1, 1] of a one-sample batch (on the module's device)."""
+        """The generated video `(1, 3, T, H, W)` in [-1, 1] of a one-sample batch (on the module's device),
+        in windows of the module's training window (`window_latents`, clean prefix `prefix_latents`)."""
         shape = pl_module.vae.latent_shape(*batch["video"].shape[2:])
         noise = seeded_noise(batch["key"], shape, pl_module.device, self.seed)
-        cond = pl_module.builder.conditions(batch)
-        z = euler_sample(
+        window = pl_module.hparams.get("window_latents") or shape[1]
+        overlap = pl_module.hparams.get("prefix_latents", 0) if window < shape[1] else 0
+        z = sample_long(
             pl_module.dit,
             noise,
-            cond,
+            pl_module.builder.conditions(batch),
+            "prefix",
+            window_frames=FRAMES_PER_LATENT * window,
+            overlap_frames=FRAMES_PER_LATENT * overlap,
             num_steps=self.num_steps,
             shift=self.shift,
             guidance_scale=self.guidance_scale,

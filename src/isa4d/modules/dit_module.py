@@ -5,7 +5,9 @@ optimiser/scheduler factories) plus a `ConditionBuilder` (frozen stage-1 VAE loa
 body model, fixed surface points; the control-video renderer of the 2-D baselines) that turns
 `HumanVideoDataModule` batches into `(x0, DiTConditions)` (docs/train_dit.md):
 
-* training: flow-matching loss with condition dropout (reference, SMPL, camera; background too);
+* training: flow-matching loss with condition dropout (reference, SMPL, camera, all three together;
+  background too) on windows of the clip laid out as long-video generation lays them out: the clip's
+  start, or a window starting mid-clip with a clean prefix (`training_window`);
 * validation: `val/flow_loss`, the flow loss at fixed times with per-sample noise seeded by the clip
   key, so numbers are comparable across runs and checkpoints;
 * optional EMA of the DiT weights (used for validation, sample videos and generation);
@@ -32,7 +34,7 @@ from torch import nn
 
 from isa4d.body import PROCEDURAL, load_body_model
 from isa4d.diffusion import FlowMatching, flow_matching_loss
-from isa4d.models.dit import DiTConditions, ISADiT
+from isa4d.models.dit import DiTConditions, ISADiT, slice_conditions
 from isa4d.modules.dit_batch import ConditionBuilder
 from isa4d.modules.ema import EMA
 from isa4d.modules.vae_module import load_vae
@@ -88,6 +90,11 @@ class DiTModule(L.LightningModule):
         sample_posterior: Train on posterior samples of the video latents (else the mean).
         val_times: Flow times of the validation loss (each sample is evaluated at all of them).
         val_seed: Seed of the validation noise (combined with each clip's key).
+        window_latents: Latent frames the DiT trains on (`training_window`); None: the whole clip.
+        window_prob: Probability that a training window starts mid-clip (with a clean prefix) rather
+            than at the clip's start; needs clips longer than the window.
+        prefix_latents: Clean prefix of a mid-clip window, in latent frames: generation's overlap
+            (`overlap_frames / 4` of `sample_long(strategy="prefix")`).
         vae_config: Filled in from the VAE (a record for the hyper-parameters; ignored as input).
     """
 
@@ -108,6 +115,9 @@ class DiTModule(L.LightningModule):
         sample_posterior: bool = False,
         val_times: Sequence[float] = VAL_TIMES,
         val_seed: int = 0,
+        window_latents: int | None = None,
+        window_prob: float = 0.0,
+        prefix_latents: int = 2,
         vae_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -122,6 +132,12 @@ class DiTModule(L.LightningModule):
             raise ValueError(f"p_drop_background must be in [0, 1], got {p_drop_background}")
         if not val_times or not all(0.0 < float(t) <= 1.0 for t in val_times):
             raise ValueError(f"val_times must be in (0, 1], got {list(val_times)}")
+        if not 0.0 <= window_prob <= 1.0:
+            raise ValueError(f"window_prob must be in [0, 1], got {window_prob}")
+        if window_latents is not None and not 0 <= prefix_latents < window_latents:
+            raise ValueError(
+                f"need 0 <= prefix_latents < window_latents, got {prefix_latents} and {window_latents}"
+            )
         self.dit = dit if isinstance(dit, ISADiT) else ISADiT.from_config(dit)
         self.dit.set_gradient_checkpointing(gradient_checkpointing)
         vae = load_vae(vae_ckpt)
@@ -154,6 +170,9 @@ class DiTModule(L.LightningModule):
                 "sample_posterior": sample_posterior,
                 "val_times": [float(t) for t in val_times],
                 "val_seed": val_seed,
+                "window_latents": window_latents,
+                "window_prob": window_prob,
+                "prefix_latents": prefix_latents,
                 "vae_config": vae.config,
             }
         )
@@ -199,10 +218,37 @@ class DiTModule(L.LightningModule):
             cond, background_latent=cond.background_latent * rearrange(keep.float(), "b -> b 1 1 1 1")
         )
 
+    def clip_start(self, x0: torch.Tensor, cond: DiTConditions) -> tuple[torch.Tensor, DiTConditions]:
+        """The first `window_latents` latent frames of clips `(B, C, T', h, w)` and their conditions."""
+        window = self.hparams.window_latents
+        if window is None or window == x0.shape[2]:
+            return x0, cond
+        if window > x0.shape[2]:
+            raise ValueError(f"window_latents={window} exceeds the clips' {x0.shape[2]} latent frames")
+        return x0[:, :, :window], slice_conditions(cond, 0, window, x0.shape[2])
+
+    def training_window(
+        self, x0: torch.Tensor, cond: DiTConditions
+    ) -> tuple[torch.Tensor, DiTConditions, int]:
+        """The window the DiT trains on, in one of the two layouts `sample_long(strategy="prefix")` gives it:
+        the clip's start (`clip_start`: latent frame 0 is the single first frame), or, with probability
+        `window_prob`, `window_latents` frames starting at a random latent frame `a >= 1` (every latent
+        covers four frames, no padding slot) whose first `prefix_latents` frames are a clean prefix.
+
+        Returns:
+            Latents `(B, C, W, h, w)`, their conditions (`slice_conditions`), the clean prefix length.
+        """
+        L, window = x0.shape[2], self.hparams.window_latents
+        if window is None or window >= L or float(torch.rand(())) >= self.hparams.window_prob:
+            return *self.clip_start(x0, cond), 0
+        start = int(torch.randint(1, L - window + 1, ()))
+        stop = start + window
+        return x0[:, :, start:stop], slice_conditions(cond, start, stop, L), self.hparams.prefix_latents
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        """Flow-matching loss with condition dropout on the batch's (frozen-VAE) latents."""
-        x0, cond = self.builder(batch)
-        loss = self.flow.loss(self.dit, x0, self.drop_backgrounds(cond))
+        """Flow-matching loss with condition dropout on a `training_window` of the batch's latents."""
+        x0, cond, prefix = self.training_window(*self.builder(batch))
+        loss = self.flow.loss(self.dit, x0, self.drop_backgrounds(cond), clean_prefix=prefix)
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
@@ -216,10 +262,11 @@ class DiTModule(L.LightningModule):
     def fixed_time_losses(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Flow loss at each of `val_times`, `(len(val_times),)`, averaged over the batch.
 
-        Latents are posterior means, the noise of each sample is seeded by its key (and `val_seed`), no
-        condition is dropped: the numbers depend only on the weights and the data.
+        Latents are posterior means (of the clip's start, `clip_start`), the noise of each sample is seeded
+        by its key (and `val_seed`), no condition is dropped: the numbers depend only on the weights and
+        the data.
         """
-        x0, cond = self.builder.encode(batch["video"]), self.builder.conditions(batch)
+        x0, cond = self.clip_start(self.builder.encode(batch["video"]), self.builder.conditions(batch))
         noise = seeded_noise(batch["key"], x0.shape[1:], x0.device, self.hparams.val_seed).to(x0.dtype)
         losses = []
         for time in self.hparams.val_times:
