@@ -112,7 +112,7 @@ DIT_EXPERIMENT ?= dit_tiny_cpu
 # (a `.complete` stamp makes reruns no-ops). DIT_LATENT_ARGS must give the data settings of DIT_EXPERIMENT
 # (training refuses a cache of another VAE, resolution or frame count); the 2-D baselines need their control
 # videos cached: DIT_CONTROL_VIDEOS=[normal,body] ARGS=+variant=controlnet_normal.
-DIT_LATENT_ARGS ?= data.num_frames=17 data.resolution=64 num_versions=4
+DIT_LATENT_ARGS ?= data.num_frames=21 data.resolution=64 num_versions=4
 DIT_CONTROL_VIDEOS ?= []
 comma := ,
 DIT_CACHE = $(DATA_DIR)/latents/$$(sha256sum $(1) | cut -c1-12)/$(DIT_EXPERIMENT)$(subst $(comma),_,$(subst [,_,$(subst ],,$(filter-out [],$(DIT_CONTROL_VIDEOS)))))
