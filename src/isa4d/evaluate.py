@@ -159,13 +159,15 @@ def evaluate_split(
     for batch in batches:
         batch = _to(batch, device)
         real = batch["video"].float()
+        if foreground:
+            background, labels = batch["background"].float(), batch["mask"]
+            valid = batch["has_background"].bool() & batch["has_mask"].bool()
         for name, produce in rows.items():
             with torch.no_grad():
                 fake = produce(batch)[:, :, : real.shape[2]].float()
             metrics[name].update(fake, real)
             if foreground:
-                valid = batch["has_background"].bool() & batch["has_mask"].bool()
-                foreground[name].update(fake, real, batch["background"].float(), batch["mask"], valid)
+                foreground[name].update(fake, real, background, labels, valid)
         log.info("%d clips", metrics[MODEL_ROW].num_clips)
     return {
         name: {**metrics[name].compute(), **(foreground[name].compute() if foreground else {})}
