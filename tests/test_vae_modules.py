@@ -389,9 +389,40 @@ def ref_decoder(sd, z, n, layers):
     return ref_conv(sd, "decoder.conv_out", F.silu(ref_norm(sd, "decoder.conv_norm_out", h)), padding=1)
 
 
+def test_frame_shortcut_is_average_pooling_and_bilinear_upsampling():
+    """The shortcut alone (both networks' outputs zeroed) is the coarse codec written out here: sub-latent j
+    of latent i >= 1 = the 8x8 means of frame 4(i-1)+1+j, of latent 0 = frame 0; decoding upsamples them."""
+    vae = vae_tiny().double().eval()
+    with torch.no_grad():
+        for conv in (vae.encoder.conv_out, vae.decoder.conv_out):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    x = video(2, 9, 32, F64)
+    with torch.no_grad():
+        z = vae.encode(x).mode()
+        x_hat = vae.decode(z)
+    means = x.reshape(2, 3, 9, 4, 8, 4, 8).mean(dim=(4, 6))  # (B, 3, T, 4, 4)
+    for i, j in [(0, 0), (0, 3), (1, 0), (1, 2), (2, 3)]:
+        frame = 0 if i == 0 else 4 * (i - 1) + 1 + j
+        torch.testing.assert_close(z[:, 4 * j : 4 * j + 3, i], means[:, :, frame])
+        assert not z[:, 4 * j + 3, i].any()
+    expected = torch.stack(
+        [F.interpolate(means[:, :, t], scale_factor=8, mode="bilinear") for t in range(9)], dim=2
+    )
+    torch.testing.assert_close(x_hat, expected)
+    # the networks' own outputs add to it, chunked or not
+    fresh = vae_tiny().double().eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode(x, chunk_frames=4).mean, fresh.encode(x).mean)
+        z = fresh.encode(x).mode()
+        torch.testing.assert_close(fresh.decode(z, chunk_latents=1), fresh.decode(z))
+    with pytest.raises(ValueError, match="sub-latents"):
+        vae_tiny(z_channels=8)
+
+
 def test_sd3_inflation_matches_the_2d_vae_on_images():
     sd = diffusers_vae_state_dict(TINY_WIDTHS, layers_per_block=1)
-    vae = vae_tiny(downsample="conv").double().eval()
+    vae = vae_tiny(downsample="conv", shortcut=False).double().eval()
     report = inflate_sd3_state_dict(sd, vae)
     assert not report.missing and not report.unexpected and not report.mismatched
     assert len(report.loaded) == len(sd)
@@ -423,7 +454,7 @@ def test_inflation_report_and_weights_file(tmp_path):
     sd = diffusers_vae_state_dict(TINY_WIDTHS, layers_per_block=1)
     sd["encoder.conv_out.bias"] = torch.zeros(7, dtype=F64)
     del sd["decoder.conv_in.bias"]
-    vae = vae_tiny().double()  # average pooling: SD3's down-sampling convs have no place
+    vae = vae_tiny(shortcut=False).double()  # average pooling: SD3's down-sampling convs have no place
     report = inflate_sd3_state_dict(sd, vae)
     assert sorted(report.unexpected) == sorted(k for k in sd if ".downsamplers.0." in k)
     assert report.mismatched == ["encoder.conv_out.bias: (7,) -> (32,)"]
@@ -432,7 +463,9 @@ def test_inflation_report_and_weights_file(tmp_path):
 
     path = tmp_path / "vae.pt"
     torch.save(diffusers_vae_state_dict(TINY_WIDTHS, layers_per_block=1, seed=5), path)
-    fresh = vae_tiny(downsample="conv").double()
+    with pytest.raises(ValueError, match="shortcut"):
+        load_sd3_weights(path, vae_tiny(downsample="conv"))
+    fresh = vae_tiny(downsample="conv", shortcut=False).double()
     assert not load_sd3_weights(path, fresh).missing
     with pytest.raises(ValueError, match="SHA-256 mismatch"):
         load_sd3_weights(path, fresh, sha256="00000000")
@@ -443,7 +476,7 @@ def test_inflation_report_and_weights_file(tmp_path):
     save_file(
         {k: v.contiguous() for k, v in state.items()}, str(tmp_path / "diffusion_pytorch_model.safetensors")
     )
-    from_safetensors = vae_tiny(downsample="conv").double()
+    from_safetensors = vae_tiny(downsample="conv", shortcut=False).double()
     assert not load_sd3_weights(tmp_path, from_safetensors).missing
     for name, tensor in from_safetensors.state_dict().items():
         torch.testing.assert_close(tensor, fresh.state_dict()[name], rtol=0, atol=0)

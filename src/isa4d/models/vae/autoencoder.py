@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -258,6 +259,65 @@ class DiagonalGaussian:
         return 0.5 * (self.mean.square() + self.std.square() - 1.0 - self.logvar).flatten(1).sum(1)
 
 
+class FrameShortcut(nn.Module):
+    """Non-parametric shortcut between frames and latents (DC-AE's residual autoencoding, not in the paper).
+
+    In the layout of the image-decoding regularisation (SPEC §1): latent frame `i >= 1` covers frames
+    `4i-3 .. 4i` and its sub-latent `j` (channels `[jG, (j+1)G)`, `G = z_channels / 4`) stands for frame
+    `4(i-1)+1+j`; every sub-latent of latent frame 0 stands for frame 0. `encode` puts the 8x8 average of
+    each frame's RGB into the first 3 channels of its sub-latent (the rest 0); `decode` upsamples those
+    channels bilinearly back (frame 0: the mean of latent frame 0's sub-latents). The VAE adds them to its
+    encoder's mean and its decoder's output, so the networks learn a residual over a coarse codec (about
+    the naive "shrink 8x and enlarge" baseline) instead of starting from nothing. Per latent frame, so
+    causal and chunkable.
+
+    Args:
+        channels: Image channels C (<= G).
+        z_channels: Latent channels.
+        spatial_factor: Spatial down-sampling (8).
+        temporal_factor: Frames per latent frame (4).
+    """
+
+    def __init__(self, channels: int, z_channels: int, spatial_factor: int, temporal_factor: int) -> None:
+        super().__init__()
+        if z_channels % temporal_factor or z_channels // temporal_factor < channels:
+            raise ValueError(
+                f"the frame shortcut needs z_channels ({z_channels}) = {temporal_factor} sub-latents of at "
+                f"least {channels} channels"
+            )
+        self.channels, self.group = channels, z_channels // temporal_factor
+        self.spatial_factor, self.temporal_factor = spatial_factor, temporal_factor
+
+    def encode(self, x: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """Video `(B, C, T, H, W)` -> latent `(B, z_channels, T', H/8, W/8)`; `first`: x starts at frame 0."""
+        f = self.spatial_factor
+        pooled = F.avg_pool3d(x, (1, f, f))
+        groups = []
+        if first:
+            groups.append(repeat(pooled[:, :, :1], "b c 1 h w -> b j c 1 h w", j=self.temporal_factor))
+            pooled = pooled[:, :, 1:]
+        groups.append(rearrange(pooled, "b c (n j) h w -> b j c n h w", j=self.temporal_factor))
+        sub = F.pad(torch.cat(groups, dim=3), (0, 0, 0, 0, 0, 0, 0, self.group - self.channels))
+        return rearrange(sub, "b j c n h w -> b (j c) n h w")
+
+    def decode(self, z: torch.Tensor, first: bool = True) -> torch.Tensor:
+        """Latent `(B, z_channels, T', h, w)` -> video `(B, C, T, 8h, 8w)`; `first`: z starts at latent 0."""
+        sub = rearrange(z, "b (j c) n h w -> b j c n h w", j=self.temporal_factor)[:, :, : self.channels]
+        frames = []
+        if first:
+            frames.append(sub[:, :, :, :1].mean(dim=1))
+            sub = sub[:, :, :, 1:]
+        frames.append(rearrange(sub, "b j c n h w -> b c (n j) h w"))
+        video = torch.cat(frames, dim=2)
+        up = F.interpolate(
+            rearrange(video, "b c t h w -> (b t) c h w"),
+            scale_factor=self.spatial_factor,
+            mode="bilinear",
+            align_corners=False,
+        )
+        return rearrange(up, "(b t) c h w -> b c t h w", b=z.shape[0])
+
+
 def _causal_chunks(x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
     """Split (B, C, T, ...) along time into `1 + chunk` frames, then `chunk` frames at a time."""
     return [x[:, :, : 1 + chunk]] + [x[:, :, t : t + chunk] for t in range(1 + chunk, x.shape[2], chunk)]
@@ -279,6 +339,8 @@ class VideoVAE(nn.Module):
             (SD3's strided conv; use it to reuse every SD3 weight after inflation).
         norm_groups: GroupNorm groups.
         kernel_t: Temporal kernel size of the causal 3x3 convs.
+        shortcut: Add the `FrameShortcut` (a coarse codec) to the encoder's mean and the decoder's output,
+            so the networks learn residuals (not in the paper; off for SD3 inflation).
     """
 
     def __init__(
@@ -292,6 +354,7 @@ class VideoVAE(nn.Module):
         downsample: str = "avgpool",
         norm_groups: int = 32,
         kernel_t: int = 3,
+        shortcut: bool = False,
     ) -> None:
         super().__init__()
         if len(temporal_downsample) != len(channel_mults) - 1:
@@ -309,6 +372,7 @@ class VideoVAE(nn.Module):
             "downsample": downsample,
             "norm_groups": norm_groups,
             "kernel_t": kernel_t,
+            "shortcut": shortcut,
         }
         shared = {
             "z_channels": z_channels,
@@ -323,6 +387,11 @@ class VideoVAE(nn.Module):
         self.decoder = Decoder(out_channels=in_channels, **shared)
         self.spatial_factor = 2 ** (len(channel_mults) - 1)
         self.temporal_factor = 2 ** sum(bool(flag) for flag in temporal_downsample)
+        self.shortcut = (
+            FrameShortcut(in_channels, z_channels, self.spatial_factor, self.temporal_factor)
+            if shortcut
+            else None
+        )
         self.register_buffer("latent_scale", torch.ones(z_channels))
         self.register_buffer("latent_shift", torch.zeros(z_channels))
 
@@ -368,12 +437,26 @@ class VideoVAE(nn.Module):
         if x.shape[-1] % self.spatial_factor or x.shape[-2] % self.spatial_factor:
             raise ValueError(f"H and W must be multiples of {self.spatial_factor}, got {tuple(x.shape[-2:])}")
         if chunk_frames is None:
-            return DiagonalGaussian(self.encoder(x))
+            return DiagonalGaussian(self._encode(x))
         if chunk_frames <= 0 or chunk_frames % self.temporal_factor:
             raise ValueError(f"chunk_frames must be a positive multiple of {self.temporal_factor}")
         cache: FrameCache = {}
         chunks = _causal_chunks(x, chunk_frames)
-        return DiagonalGaussian(torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2))
+        moments = [self._encode(chunk, cache, first=i == 0) for i, chunk in enumerate(chunks)]
+        return DiagonalGaussian(torch.cat(moments, dim=2))
+
+    def _encode(self, x: torch.Tensor, cache: FrameCache | None = None, first: bool = True) -> torch.Tensor:
+        """Posterior moments `(B, 2 z_channels, T', h, w)` of a clip or chunk (`first`: it holds frame 0)."""
+        moments = self.encoder(x, cache)
+        if self.shortcut is None:
+            return moments
+        mean, logvar = moments.chunk(2, dim=1)
+        return torch.cat([mean + self.shortcut.encode(x, first), logvar], dim=1)
+
+    def _decode(self, z: torch.Tensor, cache: FrameCache | None = None, first: bool = True) -> torch.Tensor:
+        """Frames of a latent clip or chunk (`first`: it holds latent frame 0)."""
+        x = self.decoder(z, cache)
+        return x if self.shortcut is None else x + self.shortcut.decode(z, first)
 
     def decode(self, z: torch.Tensor, chunk_latents: int | None = None) -> torch.Tensor:
         """Decode latents, optionally in temporal chunks at constant memory.
@@ -387,11 +470,12 @@ class VideoVAE(nn.Module):
             Video, (B, C, 1 + 4(T' - 1), 8h, 8w).
         """
         if chunk_latents is None:
-            return self.decoder(z)
+            return self._decode(z)
         if chunk_latents <= 0:
             raise ValueError(f"chunk_latents must be positive, got {chunk_latents}")
         cache: FrameCache = {}
-        return torch.cat([self.decoder(chunk, cache) for chunk in _causal_chunks(z, chunk_latents)], dim=2)
+        chunks = _causal_chunks(z, chunk_latents)
+        return torch.cat([self._decode(chunk, cache, first=i == 0) for i, chunk in enumerate(chunks)], dim=2)
 
     def forward(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
@@ -422,12 +506,19 @@ class VideoVAE(nn.Module):
 
 
 def vae_tiny(**overrides: Any) -> VideoVAE:
-    """CPU-sized VAE for tests and demos: widths (24, 48, 48, 96), one residual block per stage.
+    """CPU-sized VAE for tests and demos: widths (24, 48, 48, 96), one residual block per stage, with the
+    `FrameShortcut` (a short CPU run learns a residual over a coarse codec instead of from nothing).
 
     24 rather than 16 channels at full resolution because CPU PyTorch runs 3-D convs with more than
     16 input channels through oneDNN (about 4x faster here).
     """
-    config = {"base_channels": 24, "channel_mults": (1, 2, 2, 4), "num_res_blocks": 1, "norm_groups": 8}
+    config = {
+        "base_channels": 24,
+        "channel_mults": (1, 2, 2, 4),
+        "num_res_blocks": 1,
+        "norm_groups": 8,
+        "shortcut": True,
+    }
     return VideoVAE(**{**config, **overrides})
 
 

@@ -157,6 +157,8 @@ def load_sd3_weights(path: str | Path, model: nn.Module, sha256: str | None = No
     Raises:
         FileNotFoundError: Naming the expected file when it is not there (nothing is downloaded).
     """
+    if model.shortcut is not None:
+        raise ValueError("SD3 inflation needs a VAE without the frame shortcut (shortcut: false)")
     path = Path(path)
     if path.is_dir():
         path = path / SD3_WEIGHTS_FILE
