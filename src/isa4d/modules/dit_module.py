@@ -3,7 +3,8 @@
 `DiTModule` is assembled from objects built elsewhere (the `ISADiT`, the `FlowMatching` objective,
 optimiser/scheduler factories) plus a `ConditionBuilder` (frozen stage-1 VAE loaded from `vae_ckpt`,
 body model, fixed surface points; the control-video renderer of the 2-D baselines) that turns
-`HumanVideoDataModule` batches into `(x0, DiTConditions)` (docs/train_dit.md):
+`HumanVideoDataModule` batches (pixels, encoded in the step) or `HumanLatentDataModule` batches (the
+latent cache of `isa4d encode`: no VAE encoder, no renderer) into `(x0, DiTConditions)` (docs/train_dit.md):
 
 * training: flow-matching loss with condition dropout (reference, SMPL, camera, all three together;
   background too) on windows of the clip laid out as long-video generation lays them out: the clip's
