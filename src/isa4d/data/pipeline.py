@@ -331,8 +331,8 @@ def make_webdataset(
     Args:
         sources: shard paths/URLs of every source (e.g. one list per dataset folder).
         decode_fn: raw sample (`__key__` and member bytes) -> dict of tensors (with a `"video"` or
-            `"latent"` tensor) and strings; raises :data:`DATA_ERRORS` for bad samples and `UnusableClipError` for unusable
-            ones. Runs in the DataLoader workers.
+            `"latent"` tensor) and strings; raises :data:`DATA_ERRORS` for bad samples and
+            `UnusableClipError` for unusable ones. Runs in the DataLoader workers.
         batch_size: samples per batch (batched in the worker, see :func:`batch_by_shape`).
         resampled: draw shards with replacement forever (training); else read every shard once.
         shuffle_buffer: raw samples held for shuffling (0: keep the order; the shard order is then
