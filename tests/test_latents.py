@@ -176,6 +176,8 @@ def test_cache_of_another_vae_or_size_is_refused(cache, human_shards, vae_ckpt, 
     for change, message in cases:
         with pytest.raises(ValueError, match=message):
             latent_module(cache, vae_ckpt, **change).setup("fit")
+    with pytest.raises(ValueError, match="latent cache folders"):
+        latent_module(cache, vae_ckpt, train_dirs=None)
     sha = file_sha256(vae_ckpt)
     info = check_latent_cache(cache, vae_sha256=sha, resolution=(RES, RES), num_frames=FRAMES)
     assert info["num_versions"] == VERSIONS and info["vae_ckpt"] == str(vae_ckpt)

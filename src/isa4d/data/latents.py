@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +274,7 @@ class HumanLatentDataModule(HumanVideoDataModule):
     `version (B,)`; `ref_image` is the stored uint8 image at the training resolution.
 
     Args:
+        train_dirs: The latent shard folders (required).
         vae_ckpt: The DiT's stage-1 checkpoint (`model.vae_ckpt`): the cache must be made with it.
         control_video: The DiT's control video (`model.dit.control_video`), loaded from the cache.
         body_source: The DiT's body model (checked for caches with control videos).
@@ -283,12 +284,18 @@ class HumanLatentDataModule(HumanVideoDataModule):
     def __init__(
         self,
         *,
+        train_dirs: Sequence[str] | None,
         vae_ckpt: str | Path | None,
         control_video: str | None = None,
         body_source: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        if not train_dirs:
+            raise ValueError(
+                "data.train_dirs: give the latent cache folders (`isa4d encode` output_dir; `make train-dit` "
+                "builds the cache and passes them), or train on the pixel shards with data=human"
+            )
+        super().__init__(train_dirs=train_dirs, **kwargs)
         self.vae_ckpt, self.control_video, self.body_source = vae_ckpt, control_video, body_source
         self.latents: list[dict[str, Any]] = []
         """The `latents` manifest block of every training folder (after `setup`)."""
