@@ -392,11 +392,8 @@ def ref_decoder(sd, z, n, layers):
 def test_frame_shortcut_is_average_pooling_and_bilinear_upsampling():
     """The shortcut alone (both networks' outputs zeroed) is the coarse codec written out here: sub-latent j
     of latent i >= 1 = the 8x8 means of frame 4(i-1)+1+j, of latent 0 = frame 0; decoding upsamples them."""
-    vae = vae_tiny().double().eval()
-    with torch.no_grad():
-        for conv in (vae.encoder.conv_out, vae.decoder.conv_out):
-            conv.weight.zero_()
-            conv.bias.zero_()
+    vae = vae_tiny().double().eval()  # a fresh model is the shortcut alone: both last convs are zero
+    assert not vae.decoder.conv_out.weight.any() and not vae.encoder.conv_out.weight.any()
     x = video(2, 9, 32, F64)
     with torch.no_grad():
         z = vae.encode(x).mode()
@@ -410,9 +407,14 @@ def test_frame_shortcut_is_average_pooling_and_bilinear_upsampling():
         [F.interpolate(means[:, :, t], scale_factor=8, mode="bilinear") for t in range(9)], dim=2
     )
     torch.testing.assert_close(x_hat, expected)
+    with torch.no_grad():  # posterior std exp(-3)
+        torch.testing.assert_close(vae.encode(x).std, torch.full_like(z, math.exp(-3.0)))
     # the networks' own outputs add to it, chunked or not
+    torch.manual_seed(0)
     fresh = vae_tiny().double().eval()
     with torch.no_grad():
+        for conv in (fresh.encoder.conv_out, fresh.decoder.conv_out):
+            conv.weight.normal_(0.0, 0.02)
         torch.testing.assert_close(fresh.encode(x, chunk_frames=4).mean, fresh.encode(x).mean)
         z = fresh.encode(x).mode()
         torch.testing.assert_close(fresh.decode(z, chunk_latents=1), fresh.decode(z))

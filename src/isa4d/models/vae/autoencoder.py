@@ -387,13 +387,22 @@ class VideoVAE(nn.Module):
         self.decoder = Decoder(out_channels=in_channels, **shared)
         self.spatial_factor = 2 ** (len(channel_mults) - 1)
         self.temporal_factor = 2 ** sum(bool(flag) for flag in temporal_downsample)
-        self.shortcut = (
-            FrameShortcut(in_channels, z_channels, self.spatial_factor, self.temporal_factor)
-            if shortcut
-            else None
-        )
+        factors = (self.spatial_factor, self.temporal_factor)
+        self.shortcut = FrameShortcut(in_channels, z_channels, *factors) if shortcut else None
+        if self.shortcut is not None:
+            self._zero_init_residuals()
         self.register_buffer("latent_scale", torch.ones(z_channels))
         self.register_buffer("latent_shift", torch.zeros(z_channels))
+
+    @torch.no_grad()
+    def _zero_init_residuals(self, logvar: float = -6.0) -> None:
+        """With the shortcut: zero both networks' last convs, so a fresh model is exactly the shortcut codec
+        (posterior std `exp(logvar / 2)` = 0.05), and the networks learn residuals from there. Their
+        gradients reach every layer from the second step on (as with adaLN-Zero)."""
+        for conv in (self.encoder.conv_out, self.decoder.conv_out):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.encoder.conv_out.bias[self.config["z_channels"] :] = logvar
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> VideoVAE:
