@@ -162,6 +162,9 @@ def test_adaptive_weight_is_the_ratio_of_gradient_norms():
 
 def test_disc_factor():
     assert disc_factor(99, 100) == 0.0 and disc_factor(100, 100) == 1.0 and disc_factor(5, 0, 0.5) == 0.5
+    ramp = [disc_factor(step, 100, warmup=4) for step in range(99, 106)]
+    assert ramp == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert disc_factor(101, 100, 0.5, warmup=4) == 0.25
 
 
 # ---------------------------------------------------------------- reductions and KL

@@ -38,6 +38,9 @@ def adaptive_weight(
     return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
 
 
-def disc_factor(step: int, disc_start: int, value: float = 1.0) -> float:
-    """`value` from `disc_start` on, 0 before (taming's `adopt_weight`)."""
-    return value if step >= disc_start else 0.0
+def disc_factor(step: int, disc_start: int, value: float = 1.0, warmup: int = 0) -> float:
+    """0 before `disc_start`, then `value` (taming's `adopt_weight`), reached linearly over `warmup` steps:
+    `value * min(1, (step - disc_start + 1) / warmup)`."""
+    if step < disc_start:
+        return 0.0
+    return value * min(1.0, (step - disc_start + 1) / warmup) if warmup > 0 else value

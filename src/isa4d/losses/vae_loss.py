@@ -66,6 +66,7 @@ class VAELoss(nn.Module):
         gan_3d_weight: λ_3d, multiplied by the adaptive weight.
         reg_weight: λ_reg.
         disc_start: Global step from which the GAN terms are on.
+        disc_warmup: Steps over which the GAN terms (generator and discriminator) ramp from 0 to full.
         max_adaptive_weight: Clamp of the adaptive weight.
     """
 
@@ -82,6 +83,7 @@ class VAELoss(nn.Module):
         gan_3d_weight: float = 0.5,
         reg_weight: float = 1.0,
         disc_start: int = 0,
+        disc_warmup: int = 0,
         max_adaptive_weight: float = 1e4,
     ) -> None:
         super().__init__()
@@ -95,6 +97,7 @@ class VAELoss(nn.Module):
         self.gan_weights = {"2d": gan_2d_weight, "3d": gan_3d_weight}
         self.reg_weight = reg_weight
         self.disc_start = disc_start
+        self.disc_warmup = disc_warmup
         self.max_adaptive_weight = max_adaptive_weight
 
     def discriminators(self) -> dict[str, nn.Module]:
@@ -152,7 +155,7 @@ class VAELoss(nn.Module):
             logs["reg"], reg_terms = self.reconstruction(targets, predictions)
             logs.update({f"reg_{name}": value for name, value in reg_terms.items()})
             total = total + self.reg_weight * logs["reg"]
-        factor = disc_factor(step, self.disc_start)
+        factor = disc_factor(step, self.disc_start, warmup=self.disc_warmup)
         discriminators = self.discriminators()
         if discriminators:
             logs["disc_factor"] = x.new_tensor(factor)
@@ -185,7 +188,7 @@ class VAELoss(nn.Module):
             logs: Detached `disc_total`, and per discriminator `d_2d`, `logits_real_2d`,
                 `logits_fake_2d` (and `_3d`).
         """
-        factor = disc_factor(step, self.disc_start)
+        factor = disc_factor(step, self.disc_start, warmup=self.disc_warmup)
         total = x.new_zeros(())
         logs: dict[str, torch.Tensor] = {}
         for name, discriminator in self.discriminators().items():
