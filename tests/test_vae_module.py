@@ -6,6 +6,7 @@ memory by a small LightningDataModule defined here (independent of the shard Dat
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -360,6 +361,41 @@ def test_callbacks_write_their_files(tiny_config, tmp_path):
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert "val/reconstruction" in events.Tags()["images"]
     assert {"latent/mean", "last_frame_bias/sensitivity_p3"} <= set(events.Tags()["scalars"])
+
+
+def test_block_shortcut_starts_from_the_training_data(tiny_config, tmp_path):
+    """A fresh run sets the tiny VAE's block shortcut (and its EMA copy) to the whitened PCA of its first
+    training batches: their blocks encode to zero-mean, unit-variance latents; a resumed run keeps it."""
+
+    class AtStart(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.state = {k: v.clone() for k, v in pl_module.vae.shortcut.state_dict().items()}
+            self.ema = {k: v.clone() for k, v in pl_module.ema.module.shortcut.state_dict().items()}
+
+    module = make_module(tiny_config, **{"shortcut_init_batches": 2, "ema_decay": 0.9})
+    train = photo_clips(4)
+    at_start = AtStart()
+    make_trainer(tmp_path, batches=1, callbacks=[at_start]).fit(module, ClipDataModule(train, batch_size=2))
+    assert at_start.state.keys() == at_start.ema.keys()
+    assert all(torch.equal(at_start.state[k], at_start.ema[k]) for k in at_start.state)
+    shortcut = copy.deepcopy(module.vae.shortcut)
+    shortcut.load_state_dict(at_start.state)
+    with torch.no_grad():
+        latents = shortcut.encoder(shortcut.blocks(train).flatten(0, -2)).double()  # the 2 batches
+    torch.testing.assert_close(latents.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(latents.std(0), torch.ones(16, dtype=torch.float64), atol=1e-3, rtol=0)
+
+    ckpt = tmp_path / "one.ckpt"
+    module.trainer.save_checkpoint(ckpt)
+    resumed = make_module(tiny_config, **{"shortcut_init_batches": 2, "ema_decay": 0.9})
+    make_trainer(tmp_path, batches=2).fit(resumed, ClipDataModule(photo_clips(4, seed=9)), ckpt_path=ckpt)
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert not torch.equal(
+        resumed.vae.shortcut.encoder.weight, at_start.state["encoder.weight"]
+    )  # trained on
+    # not re-initialised from the new data: one more step from the checkpoint's weights
+    step = (resumed.vae.shortcut.encoder.weight - saved["vae.shortcut.encoder.weight"]).abs().max()
+    assert 0 < step < 1e-2
 
 
 def test_last_ckpt_carries_latent_statistics_of_its_own_weights(tiny_config, tmp_path):

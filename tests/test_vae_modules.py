@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -389,26 +390,52 @@ def ref_decoder(sd, z, n, layers):
     return ref_conv(sd, "decoder.conv_out", F.silu(ref_norm(sd, "decoder.conv_norm_out", h)), padding=1)
 
 
-def test_frame_shortcut_is_average_pooling_and_bilinear_upsampling():
-    """The shortcut alone (both networks' outputs zeroed) is the coarse codec written out here: sub-latent j
-    of latent i >= 1 = the 8x8 means of frame 4(i-1)+1+j, of latent 0 = frame 0; decoding upsamples them."""
-    vae = vae_tiny().double().eval()  # a fresh model is the shortcut alone: both last convs are zero
+def test_block_shortcut_default_and_pca_codecs():
+    """A fresh tiny VAE is the shortcut alone (both last convs zero): sub-latent j of latent i >= 1 = the 8x8
+    means of frame 4(i-1)+1+j, of latent 0 = frame 0, decoded by nearest up-sampling. `init_from_blocks`
+    makes it the rank-16 PCA codec of the blocks (numpy's SVD projection), with whitened latents."""
+    vae = vae_tiny().double().eval()
     assert not vae.decoder.conv_out.weight.any() and not vae.encoder.conv_out.weight.any()
     x = video(2, 9, 32, F64)
     with torch.no_grad():
-        z = vae.encode(x).mode()
-        x_hat = vae.decode(z)
+        posterior = vae.encode(x)
+        z, x_hat = posterior.mode(), vae.decode(posterior.mode())
+    torch.testing.assert_close(posterior.std, torch.full_like(z, math.exp(-3.0)))  # log-variance bias -6
     means = x.reshape(2, 3, 9, 4, 8, 4, 8).mean(dim=(4, 6))  # (B, 3, T, 4, 4)
     for i, j in [(0, 0), (0, 3), (1, 0), (1, 2), (2, 3)]:
         frame = 0 if i == 0 else 4 * (i - 1) + 1 + j
         torch.testing.assert_close(z[:, 4 * j : 4 * j + 3, i], means[:, :, frame])
         assert not z[:, 4 * j + 3, i].any()
-    expected = torch.stack(
-        [F.interpolate(means[:, :, t], scale_factor=8, mode="bilinear") for t in range(9)], dim=2
+    torch.testing.assert_close(x_hat, means.repeat_interleave(8, dim=3).repeat_interleave(8, dim=4))
+
+    # PCA: correlated blocks (a random low-rank-ish mixing); reconstruction = numpy's rank-16 projection
+    generator = torch.Generator().manual_seed(0)
+    mixing = (
+        torch.randn(40, 768, generator=generator, dtype=F64) * torch.logspace(0, -2, 40, dtype=F64)[:, None]
     )
-    torch.testing.assert_close(x_hat, expected)
-    with torch.no_grad():  # posterior std exp(-3)
-        torch.testing.assert_close(vae.encode(x).std, torch.full_like(z, math.exp(-3.0)))
+    data = torch.randn(500, 40, generator=generator, dtype=F64) @ mixing + 0.3
+    shortcut = vae.shortcut
+    kept = float(shortcut.init_from_blocks(data))
+    array = data.numpy()
+    centred = array - array.mean(0)
+    _, singular, vh = np.linalg.svd(centred, full_matrices=False)
+    projection = array.mean(0) + centred @ vh[:16].T @ vh[:16]
+    with torch.no_grad():
+        latents = shortcut.encoder(data)
+        np.testing.assert_allclose(shortcut.decoder(latents).numpy(), projection, atol=1e-8)
+    np.testing.assert_allclose(latents.mean(0).numpy(), 0, atol=1e-8)
+    np.testing.assert_allclose(latents.std(0).numpy(), 1, rtol=1e-6)  # whitened
+    assert kept == pytest.approx(float((singular[:16] ** 2).sum() / (singular**2).sum()))
+    # the same through the VAE: videos -> blocks -> PCA -> the video's projection
+    clip = video(1, 9, 32, F64, seed=3)  # 3 latent frames x 16 latent pixels = 48 blocks
+    shortcut.init_from_blocks(shortcut.blocks(clip).flatten(0, -2))
+    with torch.no_grad():
+        blocks = shortcut.blocks(clip).flatten(0, -2)
+        expected = shortcut.decoder(shortcut.encoder(blocks))
+        got = shortcut.blocks(vae.decode(vae.encode(clip).mode())).flatten(0, -2)
+    torch.testing.assert_close(got[16:], expected[16:])  # latents 1, 2; frame 0's block is averaged
+    with pytest.raises(ValueError, match="at least 16 blocks"):
+        shortcut.init_from_blocks(data[:8])
     # the networks' own outputs add to it, chunked or not
     torch.manual_seed(0)
     fresh = vae_tiny().double().eval()

@@ -178,6 +178,9 @@ class VAEModule(L.LightningModule):
         init_from_sd3: Inflate SD3's 2-D VAE weights from this local file or folder before training.
         init_from_ckpt: Initialise the model weights (VAE, EMA, auxiliary decoder, discriminators)
             from this stage-1 checkpoint; optimiser state and counters are not taken.
+        shortcut_init_batches: With the VAE's `BlockShortcut`, set it to the whitened PCA of the blocks of
+            this many training batches when a fresh run starts (`init_shortcut_from_data`); 0: keep its
+            default (per-frame means). Not for runs initialised from SD3 weights or a checkpoint.
     """
 
     def __init__(
@@ -196,6 +199,7 @@ class VAEModule(L.LightningModule):
         val_chunk_frames: int | None = None,
         init_from_sd3: str | Path | None = None,
         init_from_ckpt: str | Path | None = None,
+        shortcut_init_batches: int = 0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -219,6 +223,7 @@ class VAEModule(L.LightningModule):
                 "sample_posterior": sample_posterior,
                 "gradient_checkpointing": gradient_checkpointing,
                 "val_chunk_frames": val_chunk_frames,
+                "shortcut_init_batches": shortcut_init_batches,
                 "initialised_from": {
                     "sd3": None if init_from_sd3 is None else str(init_from_sd3),
                     "ckpt": None if init_from_ckpt is None else str(init_from_ckpt),
@@ -333,6 +338,30 @@ class VAEModule(L.LightningModule):
                 "VAEModule under DDP needs trainer.strategy.find_unused_parameters=true: the generator and "
                 "discriminator backward passes each leave the other's parameters without gradients"
             )
+        fresh = self.batch_step == 0 and not any(self.hparams.initialised_from.values())
+        if fresh and self.hparams.shortcut_init_batches and self.vae.shortcut is not None:
+            self.init_shortcut_from_data(self.trainer.datamodule.train_dataloader())
+
+    @torch.no_grad()
+    def init_shortcut_from_data(self, loader: Iterable[Any]) -> None:
+        """Set the `BlockShortcut` (and its EMA copy) to the whitened PCA of the blocks of the first
+        `shortcut_init_batches` batches of `loader` (computed on global rank 0, broadcast to the others)."""
+        shortcut = self.vae.shortcut
+        blocks = [
+            shortcut.blocks(video_of(batch).to(self.device).float()).flatten(0, -2)
+            for _, batch in zip(range(self.hparams.shortcut_init_batches), loader, strict=False)
+        ]
+        kept = shortcut.init_from_blocks(torch.cat(blocks))
+        for parameter in shortcut.parameters():
+            parameter.copy_(self.trainer.strategy.broadcast(parameter.detach(), src=0))
+        if self.ema is not None:
+            self.ema.module.shortcut.load_state_dict(shortcut.state_dict())
+        log.info(
+            "VAE block shortcut: whitened PCA of %d blocks (%d batches) keeps %.1f %% of their variance",
+            sum(len(b) for b in blocks),
+            len(blocks),
+            100 * float(kept),
+        )
 
     def _optimizers(self) -> tuple[Any, Any | None]:
         optimizers = self.optimizers()
