@@ -38,6 +38,7 @@ import contextlib
 import functools
 import glob
 import inspect
+import json
 import os
 import platform
 import statistics
@@ -480,7 +481,8 @@ class DiTStep:
         with timer.phase("data"):
             batch = self.batches.next()
         timer.info["frames"] = _frames_of(batch)
-        timer.info["cached_latents"] = isinstance(batch, dict) and "latent" in batch
+        if isinstance(batch, dict) and "latent" in batch:
+            timer.info["latent_frames"] = int(batch["latent"].shape[2])
         with timer.phase("other"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # self.log() without a Trainer
             loss = module.training_step(batch, index)
@@ -533,8 +535,10 @@ def run_steps(
     return records
 
 
-def count_step_flops(step: Callable[[int], None], timer: PhaseTimer, index: int) -> dict[str, int]:
-    """FLOPs per phase of one step run under `FlopCounterMode`."""
+def count_step_flops(
+    step: Callable[[int], None], timer: PhaseTimer, index: int
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """FLOPs per phase of one step run under `FlopCounterMode`, and what the step noted (its clip length)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     timer.reset()
@@ -544,7 +548,7 @@ def count_step_flops(step: Callable[[int], None], timer: PhaseTimer, index: int)
             step(index)
         finally:
             timer.flops = None
-    return dict(timer.flop_counts)
+    return dict(timer.flop_counts), dict(timer.info)
 
 
 def top_ops(step: Callable[[int], None], index: int, rows: int) -> str:
@@ -564,8 +568,13 @@ def summarise(
     compute_groups: Sequence[str],
     flops: dict[str, int],
     peak: float,
+    flop_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Per-phase medians, shares of the median step, per-group medians, FLOPs and MFU of measured steps."""
+    """Per-phase medians, shares of the median step, per-group medians, FLOPs and MFU of measured steps.
+
+    The FLOPs are those of one counted step (`flop_info`: what it noted, e.g. its clip length); the MFU
+    divides them by the median time of the measured steps like it (all of them if none is).
+    """
     known = {p.key for p in phases}
     extra = sorted({k for r in records for k in r["phases_s"] if k not in known})
     rows_of = [*phases, *(Phase(k, "other", k) for k in extra)]
@@ -599,7 +608,11 @@ def summarise(
         median = statistics.median(per_step(keys))
         group_rows[group] = {"median_ms": 1e3 * median, "share": median / step_s}
     compute_keys = {k for k, g in group_of.items() if g in compute_groups}
-    compute_s = statistics.median(per_step(compute_keys))
+    alike = [r for r in records if flop_info is None or r["info"] == flop_info] or records
+    compute_s = statistics.median(
+        [sum(v for k, v in r["phases_s"].items() if k in compute_keys) for r in alike]
+    )
+    alike_step_s = statistics.median([r["total_s"] for r in alike])
     compute_flops = sum(v for k, v in flops.items() if k in compute_keys)
     total_flops = sum(flops.values())
     return {
@@ -616,8 +629,10 @@ def summarise(
             "achieved_gflop_per_s": compute_flops / compute_s / 1e9 if compute_s else None,
             "mfu": compute_flops / compute_s / peak if compute_s and peak else None,
             "step_gflop": total_flops / 1e9,
-            "step_achieved_gflop_per_s": total_flops / step_s / 1e9,
-            "step_mfu": total_flops / step_s / peak if peak else None,
+            "step_achieved_gflop_per_s": total_flops / alike_step_s / 1e9,
+            "step_mfu": total_flops / alike_step_s / peak if peak else None,
+            "counted_step": flop_info,
+            "steps_like_it": len(alike),
             "per_phase_gflop": {k: v / 1e9 for k, v in flops.items() if v},
         },
         "steps_s": [{"total_s": r["total_s"], **r["phases_s"]} for r in records],
@@ -646,8 +661,8 @@ def profile_vae(args: argparse.Namespace, device: torch.device, peak: float) -> 
             log(f"VAE ({args.vae_experiment}), {regime} disc_start: {args.warmup} + {args.steps} steps")
             records = run_steps(step, timer, args.warmup, args.steps, first=start)
             module.batch_step = start + args.warmup + args.steps
-            flops = count_step_flops(step, timer, module.batch_step)
-            summary = summarise(records, VAE_PHASES, VAE_GROUPS, VAE_COMPUTE, flops, peak)
+            flops, info = count_step_flops(step, timer, module.batch_step)
+            summary = summarise(records, VAE_PHASES, VAE_GROUPS, VAE_COMPUTE, flops, peak, info)
             summary.update(
                 {
                     "stage": "vae",
@@ -704,8 +719,45 @@ def fresh_vae_checkpoint(vae_model_cfg: Any, folder: str) -> str:
     return path
 
 
+def build_latent_cache(cfg: Any, vae_ckpt: str, folder: str, versions: int) -> str:
+    """`isa4d encode` of the synthetic `train` split into `folder`, at the DiT config's size, with `vae_ckpt`.
+
+    What `make latents` builds for `make train-dit` (there with 4 versions per clip), for a DiT data config
+    that reads the latent cache but is given no `data.train_dirs`.
+    """
+    from isa4d.config import compose
+    from isa4d.encode import encode
+
+    control = OmegaConf.select(cfg, "model.dit.control_video")
+    encode_cfg = compose(
+        "encode",
+        [
+            f"ckpt_path={vae_ckpt}",
+            f"output_dir={folder}",
+            f"data.num_frames={cfg.data.num_frames}",
+            f"data.resolution={cfg.data.resolution}",
+            f"num_versions={versions}",
+            f"control_videos=[{control or ''}]",
+            "overwrite=true",
+        ],
+    )
+    encode(encode_cfg)
+    return folder
+
+
+def _needs_cache(data: Any) -> bool:
+    """Whether a DiT data config reads a latent cache (`HumanLatentDataModule`) but names none."""
+    if "latent" not in str(data.get("_target_", "")).lower() or "train_dirs" not in data:
+        return False
+    return OmegaConf.is_missing(data, "train_dirs") or not data.train_dirs
+
+
 def profile_dit(args: argparse.Namespace, device: torch.device, peak: float, vae_model_cfg: Any) -> dict:
-    """Stage 2: the DiT step on the configured data with a VAE checkpoint (given, newest, or fresh)."""
+    """Stage 2: the DiT step on the configured data with a VAE checkpoint (given, newest, or fresh).
+
+    A DiT data config that reads a latent cache without `data.train_dirs` gets one built by the bench
+    (`build_latent_cache`, `--cache-versions` versions per clip) with that VAE checkpoint.
+    """
     with tempfile.TemporaryDirectory() as scratch:
         overrides = list(args.dit_override)
         cfg = compose_stage("train_dit", args.dit_experiment, overrides)
@@ -719,32 +771,54 @@ def profile_dit(args: argparse.Namespace, device: torch.device, peak: float, vae
                 vae_model_cfg = compose_stage("train_vae", args.vae_experiment, args.vae_override).model
             vae_ckpt = fresh_vae_checkpoint(vae_model_cfg, scratch)
             source = f"fresh untrained VAE of experiment {args.vae_experiment} (timing only)"
-        cfg = compose_stage("train_dit", args.dit_experiment, [*overrides, f"model.vae_ckpt={vae_ckpt}"])
+        overrides_ckpt = [*overrides, f"model.vae_ckpt={vae_ckpt}"]
+        cfg = compose_stage("train_dit", args.dit_experiment, overrides_ckpt)
+        latent = "latent" in str(cfg.data.get("_target_", "")).lower()
+        cache = "given (data.train_dirs)" if latent else "none (pixel batches, encoded in the step)"
+        if _needs_cache(cfg.data):
+            log(f"building a latent cache ({args.cache_versions} version(s) per clip) with {vae_ckpt}")
+            start = time.perf_counter()
+            folder = build_latent_cache(
+                cfg, str(vae_ckpt), os.path.join(scratch, "cache"), args.cache_versions
+            )
+            cache = (
+                f"built by the bench: `isa4d encode` of the synthetic train split, {args.cache_versions} "
+                f"version(s) per clip, {time.perf_counter() - start:.0f} s"
+            )
+            cfg = compose_stage(
+                "train_dit", args.dit_experiment, [*overrides_ckpt, f"data.train_dirs=[{folder}]"]
+            )
         datamodule, module = build_stage(cfg, device)
-    timer = PhaseTimer(_sync_of(device))
-    batches = Batches(datamodule, args.warmup + args.steps + 2, device)
-    clip = cfg.trainer.get("gradient_clip_val")
-    step = DiTStep(module, batches, timer, clip)
-    log(f"DiT ({args.dit_experiment}): {args.warmup} + {args.steps} steps")
-    try:
-        records = run_steps(step, timer, args.warmup, args.steps)
-        flops = count_step_flops(step, timer, args.warmup + args.steps)
-        summary = summarise(records, DIT_PHASES, DIT_GROUPS, DIT_COMPUTE, flops, peak)
-        if args.top_ops:
-            summary["top_ops"] = top_ops(step, args.warmup + args.steps + 1, args.top_ops)
-    finally:
-        step.close()
-        batches.close()
-    in_dit = sum(summary["groups"][g]["median_ms"] for g in IN_DIT)
+        timer = PhaseTimer(_sync_of(device))
+        batches = Batches(datamodule, args.warmup + args.steps + 2, device)
+        clip = cfg.trainer.get("gradient_clip_val")
+        step = DiTStep(module, batches, timer, clip)
+        log(f"DiT ({args.dit_experiment}): {args.warmup} + {args.steps} steps")
+        try:
+            records = run_steps(step, timer, args.warmup, args.steps)
+            flops, info = count_step_flops(step, timer, args.warmup + args.steps)
+            summary = summarise(records, DIT_PHASES, DIT_GROUPS, DIT_COMPUTE, flops, peak, info)
+            if args.top_ops:
+                summary["top_ops"] = top_ops(step, args.warmup + args.steps + 1, args.top_ops)
+        finally:
+            step.close()
+            batches.close()
+    in_dit = {p.key for p in DIT_PHASES if p.group in IN_DIT}
+    fractions = [sum(v for k, v in r["phases_s"].items() if k in in_dit) / r["total_s"] for r in records]
     summary.update(
         {
             "stage": "dit",
-            "fraction_in_dit": in_dit / summary["step_ms"],
+            # per step, then the median: robust to a shared machine slowing some phases of some steps
+            "fraction_in_dit": statistics.median(fractions),
+            "fraction_in_dit_per_step": fractions,
+            "fraction_in_dit_of_medians": sum(summary["groups"][g]["median_ms"] for g in IN_DIT)
+            / summary["sum_of_phase_medians_ms"],
             "fraction_in_dit_groups": list(IN_DIT),
             "gradient_clip_val": clip,
             "control_video": module.dit.config.get("control_video"),
             "vae_ckpt": str(vae_ckpt) if source.startswith(("given", "newest")) else None,
             "vae_ckpt_source": source,
+            "latent_cache": cache,
             "loader_startup_s": batches.startup_s,
             "setup": _stage_setup(cfg, module, datamodule, "train_dit", args.dit_experiment, overrides),
         }
@@ -755,15 +829,29 @@ def profile_dit(args: argparse.Namespace, device: torch.device, peak: float, vae
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _stage_markdown(summary: dict[str, Any], title: str, peak: float) -> list[str]:
-    setup = summary["setup"]
-    frames = ", ".join(str(i.get("frames")) for i in summary["steps_info"])
-    if any(i.get("cached_latents") for i in summary["steps_info"]):
-        frames += " (batches with cached latents)"
+def _lengths(infos: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"T = {i['frames']}"
+        if i.get("frames") is not None
+        else f"{i.get('latent_frames', '?')} cached latents"
+        for i in infos
+    ]
+
+
+def _stage_markdown(summary: dict[str, Any], title: str, peak: float, command: str) -> list[str]:
+    setup, measured = summary["setup"], summary.get("measured") or {}
+    peak = measured.get("peak_flops_per_s", peak)
+    lengths = _lengths(summary["steps_info"])
+    frames = f"{lengths[0]} (all {len(lengths)})" if len(set(lengths)) == 1 else ", ".join(lengths)
     override = "".join(f" {o}" for o in setup["overrides"])
     lines = [
         f"## {title}",
         "",
+        *(
+            [f"Measured {measured['date']} by `{measured['command']}` (an earlier run; peak then).", ""]
+            if measured.get("command", command) != command
+            else []
+        ),
         f"`{setup['root_config']}` + `experiment={setup['experiment']}{override}`: `{setup['model']}` "
         f"({setup['trainable_parameters'] / 1e6:.2f} M trainable parameters), batch {setup['batch_size']}, "
         f"{setup['num_frames']} frames at {setup['resolution']}, {setup['num_workers']} loader worker(s).",
@@ -787,7 +875,7 @@ def _stage_markdown(summary: dict[str, Any], title: str, peak: float) -> list[st
         f"Step min / max over the measured steps: {summary['step_ms_min']:.0f} / "
         f"{summary['step_ms_max']:.0f} ms. "
         f"Loader start-up (first batch, once per epoch): {summary['loader_startup_s']:.2f} s.",
-        f"Clip length per measured step (T): {frames}. "
+        f"Clip length per measured step: {frames}. "
         "Absent (not called in this step): "
         + (", ".join(r["label"] for r in summary["phases"] if not r["present"]) or "none")
         + ".",
@@ -804,7 +892,9 @@ def _stage_markdown(summary: dict[str, Any], title: str, peak: float) -> list[st
     f = summary["flops"]
     mfu = "-" if f["mfu"] is None else f"{100 * f['mfu']:.1f} %"
     lines.append(
-        f"**MFU** (forward + backward: {' + '.join(f['compute_groups'])}): "
+        f"**MFU** (forward + backward: {' + '.join(f['compute_groups'])}; FLOPs of one counted step, "
+        f"{_lengths([f.get('counted_step') or {}])[0]}, time the median of the {f.get('steps_like_it', '?')} "
+        "measured steps of that length): "
         f"{f['forward_backward_gflop']:.3g} GFLOP "
         f"in {f['forward_backward_ms']:.0f} ms = {f['achieved_gflop_per_s']:.1f} GFLOP/s = **{mfu}** of the "
         f"{peak / 1e9:.1f} GFLOP/s matmul peak; whole step {f['step_gflop']:.3g} GFLOP / "
@@ -815,9 +905,10 @@ def _stage_markdown(summary: dict[str, Any], title: str, peak: float) -> list[st
         ckpt = f" `{summary['vae_ckpt']}`" if summary["vae_ckpt"] else ""
         lines += [
             "",
-            f"**fraction_in_dit** (DiT forward + backward + optimiser over the step): "
-            f"**{100 * summary['fraction_in_dit']:.1f} %** (target >= 60 %). VAE checkpoint: "
-            f"{summary['vae_ckpt_source']}{ckpt}.",
+            f"**fraction_in_dit** (DiT forward + backward + optimiser over the step, per step, median): "
+            f"**{100 * summary['fraction_in_dit']:.1f} %** (target >= 60 %; from the phase medians: "
+            f"{100 * summary['fraction_in_dit_of_medians']:.1f} %). VAE checkpoint: "
+            f"{summary['vae_ckpt_source']}{ckpt}. Latent cache: {summary.get('latent_cache', '-')}.",
         ]
     return [*lines, ""]
 
@@ -851,9 +942,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"Stage 1: VAE step, {regime} disc_start (batch_step {summary['batch_step']}, "
             f"disc_start {summary['disc_start']}: GAN terms {'on' if summary['disc_active'] else 'off'})"
         )
-        lines += _stage_markdown(summary, title, peak)
+        lines += _stage_markdown(summary, title, peak, report["command"])
     if report["dit"] is not None:
-        lines += _stage_markdown(report["dit"], "Stage 2: DiT step", peak)
+        lines += _stage_markdown(report["dit"], "Stage 2: DiT step", peak, report["command"])
     appendix = [(s, f"VAE, {s['regime']} disc_start") for s in report["vae"] if s.get("top_ops")]
     if report["dit"] is not None and report["dit"].get("top_ops"):
         appendix.append((report["dit"], "DiT"))
@@ -901,6 +992,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fraction_in_dit": None,
     }
     out = Path(args.out)
+    previous = out / f"{args.name}.json"
+    if args.update and previous.is_file():  # keep the stages not measured now
+        old = json.loads(previous.read_text())
+        report["vae"] = old.get("vae", []) if "vae" not in args.stages else []
+        report["dit"] = old.get("dit") if "dit" not in args.stages else None
+        report["fraction_in_dit"] = None if report["dit"] is None else report["dit"]["fraction_in_dit"]
+        report["earlier"] = {k: old.get(k) for k in ("date", "command", "machine", "peak")}
+        stamp = {"command": old.get("command"), "date": old.get("date")}
+        stamp["peak_flops_per_s"] = (old.get("peak") or {}).get("peak_flops_per_s")
+        for summary in [*report["vae"], *([report["dit"]] if report["dit"] else [])]:
+            summary.setdefault("measured", stamp)
 
     def write() -> None:  # after each stage, so that a later failure keeps what was measured
         report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -908,11 +1010,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_text_atomic(out / f"{args.name}.md", markdown(report))
 
     vae_model_cfg = None
+    stamp = {
+        "command": report["command"],
+        "date": report["date"],
+        "peak_flops_per_s": peak["peak_flops_per_s"],
+    }
     if "vae" in args.stages:
         report["vae"], vae_model_cfg = profile_vae(args, device, peak["peak_flops_per_s"])
+        for summary in report["vae"]:
+            summary["measured"] = stamp
         write()
     if "dit" in args.stages:
-        report["dit"] = profile_dit(args, device, peak["peak_flops_per_s"], vae_model_cfg)
+        report["dit"] = {
+            **profile_dit(args, device, peak["peak_flops_per_s"], vae_model_cfg),
+            "measured": stamp,
+        }
         report["fraction_in_dit"] = report["dit"]["fraction_in_dit"]
         write()
     print(markdown(report))
@@ -938,6 +1050,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="stage-1 checkpoint of the DiT step (default: model.vae_ckpt if overridden, else the newest "
         "logs/train_vae/runs/*/checkpoints/last.ckpt, else a fresh untrained VAE)",
     )
+    parser.add_argument(
+        "--cache-versions",
+        type=int,
+        default=1,
+        help="versions per clip of the latent cache the bench builds (a DiT reading one, none given)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (medians over them)")
     parser.add_argument(
@@ -951,6 +1069,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default="experiments/bench", help="folder of the outputs")
     parser.add_argument("--name", default="steps", help="their name: <out>/<name>.json and .md")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other stages' results of an existing <name>.json"
+    )
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.steps < 1:
         parser.error("--warmup must be >= 0 and --steps >= 1")
