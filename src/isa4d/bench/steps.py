@@ -848,7 +848,11 @@ def _stage_markdown(summary: dict[str, Any], title: str, peak: float, command: s
         f"## {title}",
         "",
         *(
-            [f"Measured {measured['date']} by `{measured['command']}` (an earlier run; peak then).", ""]
+            [
+                f"Measured {measured['date']} by `{measured['command']}` (git {measured.get('git') or '-'}; "
+                "an earlier run, with its matmul peak).",
+                "",
+            ]
             if measured.get("command", command) != command
             else []
         ),
@@ -923,7 +927,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['threads']} torch threads (training's setting); load average {m['loadavg_start']} at the start, "
         f"{m['loadavg_end']} at the end (the machine is shared: other jobs may have run). {report['date']}.",
         "",
-        f"Command: `{report['command']}`",
+        f"Command: `{report['command']}` (git {report.get('git') or '-'})",
         "",
         f"Method: {report['warmup']} warm-up steps, then the median of {report['steps']} steps per phase "
         "(`time.perf_counter`, phases exclusive of nested ones; no profiler in these numbers). "
@@ -960,6 +964,25 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def git_state() -> str | None:
+    """The HEAD commit of the working tree, `+dirty` with uncommitted changes (None: no git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Profile the requested stages and write `<name>.json` and `<name>.md` (after each stage)."""
     if args.threads:
@@ -973,6 +996,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m isa4d.bench.steps", *(args.argv or [])]),
+        "git": git_state(),
         "warmup": args.warmup,
         "steps": args.steps,
         "machine": {
@@ -999,7 +1023,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["dit"] = old.get("dit") if "dit" not in args.stages else None
         report["fraction_in_dit"] = None if report["dit"] is None else report["dit"]["fraction_in_dit"]
         report["earlier"] = {k: old.get(k) for k in ("date", "command", "machine", "peak")}
-        stamp = {"command": old.get("command"), "date": old.get("date")}
+        stamp = {"command": old.get("command"), "date": old.get("date"), "git": old.get("git")}
         stamp["peak_flops_per_s"] = (old.get("peak") or {}).get("peak_flops_per_s")
         for summary in [*report["vae"], *([report["dit"]] if report["dit"] else [])]:
             summary.setdefault("measured", stamp)
@@ -1013,6 +1037,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stamp = {
         "command": report["command"],
         "date": report["date"],
+        "git": report["git"],
         "peak_flops_per_s": peak["peak_flops_per_s"],
     }
     if "vae" in args.stages:
