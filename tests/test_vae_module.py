@@ -349,6 +349,12 @@ def test_callbacks_write_their_files(tiny_config, tmp_path):
     # last_frame_bias.json: frame 0 and the 4 positions of each window, every metric finite
     result = json.loads((tmp_path / "last_frame_bias.json").read_text())
     assert [entry["position"] for entry in result["positions"]] == [0, 1, 2, 3]
+    trained = [result["frame_0"]["sensitivity"]] + [e["sensitivity"] for e in result["positions"]]
+    untrained = result["untrained_sensitivity"]  # a fresh VAE of the same configuration, subtracted
+    assert len(untrained) == 5 and all(value > 0 for value in untrained) and untrained != trained
+    assert result["sensitivity_minus_untrained"] == pytest.approx(
+        [a - b for a, b in zip(trained, untrained, strict=True)]
+    )
     assert result["num_clips"] == 2 and result["num_windows"] == 2 * 2  # 2 clips x 2 windows (T' = 3)
     for entry in [result["frame_0"], *result["positions"]]:
         assert set(LastFrameBias.METRICS) <= set(entry)

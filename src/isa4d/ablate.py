@@ -307,21 +307,24 @@ def vae_table(vae: dict[str, dict[str, Any]]) -> list[str]:
     """The Markdown table of the two VAE runs (PSNR, latent statistics, per-position bias)."""
     lines = [
         "| run | val PSNR (dB) | latent mean | latent std | recon L1: frame 0 / p0 / p1 / p2 / p3 "
-        "| sensitivity: frame 0 / p0 / p1 / p2 / p3 | sensitivity p3 / p0 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| sensitivity: frame 0 / p0 / p1 / p2 / p3 | sensitivity p3 / p0 "
+        "| minus the untrained VAE's: p0 / p1 / p2 / p3 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, run in vae.items():
         if "latent_stats" not in run and "last_frame_bias" not in run:
-            lines.append(f"| {VAE_LABELS[name]} | **missing** ({run['folder']}) | | | | | |")
+            lines.append(f"| {VAE_LABELS[name]} | **missing** ({run['folder']}) | | | | | | |")
             continue
         stats = run.get("latent_stats", {})
         bias = _bias_values(run)
         sensitivity = bias.get("sensitivity")
         ratio = sensitivity[4] / sensitivity[1] if sensitivity and sensitivity[1] else None
+        excess = run.get("last_frame_bias", {}).get("sensitivity_minus_untrained") or []
         lines.append(
             f"| {VAE_LABELS[name]} | {_number(run['val_psnr'], 2)} | {_number(stats.get('mean'))} "
             f"| {_number(stats.get('std'))} | {' / '.join(_number(v) for v in bias.get('recon_l1', []))} "
-            f"| {' / '.join(_number(v) for v in sensitivity or [])} | {_number(ratio, 2)} |"
+            f"| {' / '.join(_number(v) for v in sensitivity or [])} | {_number(ratio, 2)} "
+            f"| {' / '.join(_number(v) for v in excess[1:]) or 'n/a (older run)'} |"
         )
     return lines
 

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from isa4d.data.video_io import encode_video
+from isa4d.models.vae import VideoVAE
 from isa4d.modules.vae_module import LATENT_STATS_KEY, VAEModule, tensor_to_frames, video_of
 from isa4d.utils.files import atomic_write, write_figure_atomic, write_json_atomic
 
@@ -419,6 +420,10 @@ class LastFrameBias(_VAEDiagnostic):
     * `aux_l1` (when the model has the auxiliary decoder): error of the auxiliary decoder's image
       from sub-latent `j` against its frame.
 
+    The sensitivity of a freshly initialised VAE of the same configuration (`untrained`) is measured
+    too and subtracted (`sensitivity_minus_untrained`, [frame 0, p0 .. p3]): an untrained decoder's
+    sensitivity already depends on the position, so only the difference measures training.
+
     Written to `<dirpath>/last_frame_bias.json` with a bar plot `last_frame_bias.png`; logged as
     `last_frame_bias/<metric>_p<j>` and `last_frame_bias/<metric>_frame0`.
 
@@ -447,12 +452,26 @@ class LastFrameBias(_VAEDiagnostic):
         self.seed = seed
         self.last_result: dict[str, Any] | None = None
 
-    def measure(self, trainer: L.Trainer, pl_module: VAEModule) -> dict[str, Any]:
-        """Mean errors per metric: `{metric: [frame 0, position 0, ..., position 3]}` and counts."""
-        vae = pl_module.vae
+    def untrained(self, pl_module: VAEModule) -> VideoVAE:
+        """A freshly initialised VAE of the same configuration (seeded), the reference `run` subtracts:
+        an untrained decoder already shows a position-dependent sensitivity."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            vae = VideoVAE.from_config(pl_module.vae.config)
+        return vae.to(pl_module.device).eval()
+
+    def measure(
+        self, trainer: L.Trainer, pl_module: VAEModule, vae: VideoVAE | None = None
+    ) -> dict[str, Any]:
+        """Mean errors per metric: `{metric: [frame 0, position 0, ..., position 3]}` and counts.
+
+        Args:
+            vae: The VAE to measure (default: the module's; the auxiliary decoder only goes with that one).
+        """
+        aux = pl_module.loss.aux_decoder if pl_module.loss is not None and vae is None else None
+        vae = pl_module.vae if vae is None else vae
         factor = vae.temporal_factor
         generator = torch.Generator(pl_module.device).manual_seed(self.seed)
-        aux = pl_module.loss.aux_decoder if pl_module.loss is not None else None
         names = [name for name in self.METRICS if name != "aux_l1" or aux is not None]
         sums = {name: torch.zeros(1 + factor, dtype=torch.float64) for name in names}  # slot 0: frame 0
         counts = {name: torch.zeros(1 + factor, dtype=torch.float64) for name in names}
@@ -497,6 +516,11 @@ class LastFrameBias(_VAEDiagnostic):
     def run(self, trainer: L.Trainer, pl_module: VAEModule) -> None:
         measured = self.measure(trainer, pl_module)
         means = measured["means"]
+        untrained = self.measure(trainer, pl_module, self.untrained(pl_module))["means"]["sensitivity"]
+        excess = [
+            None if a is None or b is None else a - b
+            for a, b in zip(means["sensitivity"], untrained, strict=True)
+        ]
         result: dict[str, Any] = {
             "global_step": trainer.global_step,
             "batch_step": pl_module.batch_step,
@@ -508,6 +532,9 @@ class LastFrameBias(_VAEDiagnostic):
                 {"position": j, **{name: values[1 + j] for name, values in means.items()}}
                 for j in range(pl_module.vae.temporal_factor)
             ],
+            # the same VAE configuration untrained, and the trained sensitivity minus it: what training did
+            "untrained_sensitivity": untrained,
+            "sensitivity_minus_untrained": excess,
         }
         self.last_result = result
         metrics = {
