@@ -25,7 +25,7 @@ from isa4d.config import config_dir
 VARIANTS = sorted(path.stem for path in (config_dir() / "variant").glob("*.yaml"))
 SWEEP = ["experiment=dit_ablate_cpu", "model.vae_ckpt=/nowhere/vae.ckpt"]
 STEPS = 4  # fabricated runs: validations after steps 2 and 4
-ISA_PARAMETERS = 3_198_160  # docs/baselines.md, "Sizes"
+ISA_PARAMETERS = 3_165_104  # docs/baselines.md, "Sizes"
 
 
 # ---------------------------------------------------------------------------------------------- configs
