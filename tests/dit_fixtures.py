@@ -31,9 +31,10 @@ def human_shards(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vae_ckpt(tmp_path_factory) -> Path:
-    """A VAEModule checkpoint: random tiny VAE with non-trivial latent statistics."""
+    """A VAEModule checkpoint: random tiny VAE (no block shortcut: all 16 channels carry random features)
+    with non-trivial latent statistics."""
     torch.manual_seed(0)
-    module = VAEModule(vae_tiny())
+    module = VAEModule(vae_tiny(shortcut=False))
     module.vae.set_latent_stats(0.05, 1.5)
     path = tmp_path_factory.mktemp("vae") / "vae.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
