@@ -421,8 +421,8 @@ def test_block_shortcut_default_and_pca_codecs():
     _, singular, vh = np.linalg.svd(centred, full_matrices=False)
     projection = array.mean(0) + centred @ vh[:16].T @ vh[:16]
     with torch.no_grad():
-        latents = shortcut.encoder(data)
-        np.testing.assert_allclose(shortcut.decoder(latents).numpy(), projection, atol=1e-8)
+        latents = shortcut.encode_blocks(data)
+        np.testing.assert_allclose(shortcut.decode_blocks(latents).numpy(), projection, atol=1e-8)
     np.testing.assert_allclose(latents.mean(0).numpy(), 0, atol=1e-8)
     np.testing.assert_allclose(latents.std(0).numpy(), 1, rtol=1e-6)  # whitened
     assert kept == pytest.approx(float((singular[:16] ** 2).sum() / (singular**2).sum()))
@@ -431,7 +431,7 @@ def test_block_shortcut_default_and_pca_codecs():
     shortcut.init_from_blocks(shortcut.blocks(clip).flatten(0, -2))
     with torch.no_grad():
         blocks = shortcut.blocks(clip).flatten(0, -2)
-        expected = shortcut.decoder(shortcut.encoder(blocks))
+        expected = shortcut.decode_blocks(shortcut.encode_blocks(blocks))
         got = shortcut.blocks(vae.decode(vae.encode(clip).mode())).flatten(0, -2)
     torch.testing.assert_close(got[16:], expected[16:])  # latents 1, 2; frame 0's block is averaged
     with pytest.raises(ValueError, match="at least 16 blocks"):

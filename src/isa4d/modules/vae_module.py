@@ -344,18 +344,16 @@ class VAEModule(L.LightningModule):
 
     @torch.no_grad()
     def init_shortcut_from_data(self, loader: Iterable[Any]) -> None:
-        """Set the `BlockShortcut` (and its EMA copy) to the whitened PCA of the blocks of the first
-        `shortcut_init_batches` batches of `loader` (computed on global rank 0, broadcast to the others)."""
+        """Set the `BlockShortcut` to the whitened PCA of the blocks of the first `shortcut_init_batches`
+        batches of `loader` (computed on global rank 0, broadcast to the others)."""
         shortcut = self.vae.shortcut
         blocks = [
             shortcut.blocks(video_of(batch).to(self.device).float()).flatten(0, -2)
             for _, batch in zip(range(self.hparams.shortcut_init_batches), loader, strict=False)
         ]
         kept = shortcut.init_from_blocks(torch.cat(blocks))
-        for parameter in shortcut.parameters():
-            parameter.copy_(self.trainer.strategy.broadcast(parameter.detach(), src=0))
-        if self.ema is not None:
-            self.ema.module.shortcut.load_state_dict(shortcut.state_dict())
+        for buffer in shortcut.buffers():
+            buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
         log.info(
             "VAE block shortcut: whitened PCA of %d blocks (%d batches) keeps %.1f %% of their variance",
             sum(len(b) for b in blocks),

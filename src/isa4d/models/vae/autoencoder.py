@@ -266,8 +266,9 @@ class BlockShortcut(nn.Module):
     Every latent frame `i >= 1` stands for the block of frames `4i-3 .. 4i`; latent frame 0 for frame 0,
     read as four copies of it (as the causal convs pad the past). `encode` maps each `4 x 8 x 8 x C`
     block (`D = 768` values) linearly to the `z_channels` latent values of its latent pixel, `decode` maps
-    them back (latent frame 0: the mean of its four decoded copies). Both maps are parameters, trained
-    with the VAE. Fresh, they are the 8x8 mean of each frame in the first C channels of that frame's
+    them back (latent frame 0: the mean of its four decoded copies). Both maps are fixed (buffers, not
+    trained: Adam's per-weight steps would scramble a PCA's small components within a few hundred steps,
+    measured -1 dB). Fresh, they are the 8x8 mean of each frame in the first C channels of that frame's
     sub-latent (`z_channels / 4` channels per frame, the image-decoding regularisation's layout) and
     nearest up-sampling back; `init_from_blocks` sets them to the principal components of data blocks,
     whitened (the best linear codec of that size: e.g. 26.8 dB on the real footage at 64², where the
@@ -291,8 +292,10 @@ class BlockShortcut(nn.Module):
         self.channels, self.z_channels = channels, z_channels
         self.spatial_factor, self.temporal_factor = spatial_factor, temporal_factor
         dim = channels * temporal_factor * spatial_factor**2
-        self.encoder = nn.Linear(dim, z_channels)
-        self.decoder = nn.Linear(z_channels, dim)
+        self.register_buffer("encode_weight", torch.zeros(z_channels, dim))
+        self.register_buffer("encode_bias", torch.zeros(z_channels))
+        self.register_buffer("decode_weight", torch.zeros(dim, z_channels))
+        self.register_buffer("decode_bias", torch.zeros(dim))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -305,14 +308,20 @@ class BlockShortcut(nn.Module):
             self.z_channels // self.temporal_factor,
         )
         block = torch.arange(c * t * f * f).view(c, t, f, f)  # the (c j p q) order of `blocks`
-        self.encoder.weight.zero_()
-        self.decoder.weight.zero_()
+        for buffer in (self.encode_weight, self.encode_bias, self.decode_weight, self.decode_bias):
+            buffer.zero_()
         for j in range(t):
             for channel in range(c):
-                self.encoder.weight[group * j + channel, block[channel, j].flatten()] = 1.0 / (f * f)
-                self.decoder.weight[block[channel, j].flatten(), group * j + channel] = 1.0
-        self.encoder.bias.zero_()
-        self.decoder.bias.zero_()
+                self.encode_weight[group * j + channel, block[channel, j].flatten()] = 1.0 / (f * f)
+                self.decode_weight[block[channel, j].flatten(), group * j + channel] = 1.0
+
+    def encode_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Blocks `(..., D)` -> latent values `(..., z_channels)`."""
+        return F.linear(blocks, self.encode_weight.to(blocks.dtype), self.encode_bias.to(blocks.dtype))
+
+    def decode_blocks(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent values `(..., z_channels)` -> blocks `(..., D)`."""
+        return F.linear(z, self.decode_weight.to(z.dtype), self.decode_bias.to(z.dtype))
 
     def blocks(self, x: torch.Tensor, first: bool = True) -> torch.Tensor:
         """Video `(B, C, T, H, W)` -> blocks `(B, T', H/8, W/8, D)`; `first`: x starts at frame 0."""
@@ -323,12 +332,12 @@ class BlockShortcut(nn.Module):
 
     def encode(self, x: torch.Tensor, first: bool = True) -> torch.Tensor:
         """Video `(B, C, T, H, W)` -> latent `(B, z_channels, T', H/8, W/8)`; `first`: x starts at frame 0."""
-        return rearrange(self.encoder(self.blocks(x, first)), "b n h w z -> b z n h w")
+        return rearrange(self.encode_blocks(self.blocks(x, first)), "b n h w z -> b z n h w")
 
     def decode(self, z: torch.Tensor, first: bool = True) -> torch.Tensor:
         """Latent `(B, z_channels, T', h, w)` -> video `(B, C, T, 8h, 8w)`; `first`: z starts at latent 0."""
         f, t = self.spatial_factor, self.temporal_factor
-        blocks = self.decoder(rearrange(z, "b z n h w -> b n h w z"))
+        blocks = self.decode_blocks(rearrange(z, "b z n h w -> b n h w z"))
         video = rearrange(
             blocks, "b n h w (c j p q) -> b c (n j) (h p) (w q)", c=self.channels, j=t, p=f, q=f
         )
@@ -349,7 +358,7 @@ class BlockShortcut(nn.Module):
         Returns:
             The fraction of the blocks' variance the codec keeps.
         """
-        data = blocks.double().reshape(-1, self.encoder.in_features)
+        data = blocks.double().reshape(-1, self.encode_weight.shape[1])
         if data.shape[0] < self.z_channels:
             raise ValueError(f"need at least {self.z_channels} blocks for the PCA, got {data.shape[0]}")
         mean = data.mean(0)
@@ -357,10 +366,10 @@ class BlockShortcut(nn.Module):
         k = self.z_channels
         std = (singular[:k] / (data.shape[0] - 1) ** 0.5).clamp_min(1e-6)
         components = vh[:k]  # (k, D)
-        self.encoder.weight.copy_(components / std[:, None])
-        self.encoder.bias.copy_(-(components @ mean) / std)
-        self.decoder.weight.copy_((components * std[:, None]).T)
-        self.decoder.bias.copy_(mean)
+        self.encode_weight.copy_(components / std[:, None])
+        self.encode_bias.copy_(-(components @ mean) / std)
+        self.decode_weight.copy_((components * std[:, None]).T)
+        self.decode_bias.copy_(mean)
         return singular[:k].square().sum() / singular.square().sum()
 
 

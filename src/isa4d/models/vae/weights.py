@@ -158,7 +158,7 @@ def load_sd3_weights(path: str | Path, model: nn.Module, sha256: str | None = No
         FileNotFoundError: Naming the expected file when it is not there (nothing is downloaded).
     """
     if model.shortcut is not None:
-        raise ValueError("SD3 inflation needs a VAE without the frame shortcut (shortcut: false)")
+        raise ValueError("SD3 inflation needs a VAE without the block shortcut (shortcut: false)")
     path = Path(path)
     if path.is_dir():
         path = path / SD3_WEIGHTS_FILE
