@@ -178,7 +178,7 @@ class VAEModule(L.LightningModule):
         init_from_sd3: Inflate SD3's 2-D VAE weights from this local file or folder before training.
         init_from_ckpt: Initialise the model weights (VAE, EMA, auxiliary decoder, discriminators)
             from this stage-1 checkpoint; optimiser state and counters are not taken.
-        shortcut_init_batches: With the VAE's `BlockShortcut`, set it to the whitened PCA of the blocks of
+        shortcut_init_batches: With the VAE's `BlockShortcut`, set it to the PCA of the blocks of
             this many training batches when a fresh run starts (`init_shortcut_from_data`); 0: keep its
             default (per-frame means). Not for runs initialised from SD3 weights or a checkpoint.
     """
@@ -344,7 +344,7 @@ class VAEModule(L.LightningModule):
 
     @torch.no_grad()
     def init_shortcut_from_data(self, loader: Iterable[Any]) -> None:
-        """Set the `BlockShortcut` to the whitened PCA of the blocks of the first `shortcut_init_batches`
+        """Set the `BlockShortcut` to the PCA of the blocks of the first `shortcut_init_batches`
         batches of `loader` (computed on global rank 0, broadcast to the others)."""
         shortcut = self.vae.shortcut
         blocks = [
@@ -355,7 +355,7 @@ class VAEModule(L.LightningModule):
         for buffer in shortcut.buffers():
             buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
         log.info(
-            "VAE block shortcut: whitened PCA of %d blocks (%d batches) keeps %.1f %% of their variance",
+            "VAE block shortcut: PCA of %d blocks (%d batches) keeps %.1f %% of their variance",
             sum(len(b) for b in blocks),
             len(blocks),
             100 * float(kept),

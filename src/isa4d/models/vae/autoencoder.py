@@ -270,8 +270,8 @@ class BlockShortcut(nn.Module):
     trained: Adam's per-weight steps would scramble a PCA's small components within a few hundred steps,
     measured -1 dB). Fresh, they are the 8x8 mean of each frame in the first C channels of that frame's
     sub-latent (`z_channels / 4` channels per frame, the image-decoding regularisation's layout) and
-    nearest up-sampling back; `init_from_blocks` sets them to the principal components of data blocks,
-    whitened (the best linear codec of that size: e.g. 26.8 dB on the real footage at 64², where the
+    nearest up-sampling back; `init_from_blocks` sets them to the principal components of data blocks
+    (the best linear codec of that size: e.g. 26.8 dB on the real footage at 64², where the
     naive 8x bicubic resize gives 19.2 dB), so a short run learns a residual over a good codec. Per latent
     frame, so causal and chunkable.
 
@@ -347,10 +347,12 @@ class BlockShortcut(nn.Module):
 
     @torch.no_grad()
     def init_from_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
-        """Set the maps to the whitened principal components of data blocks (PCA, float64).
+        """Set the maps to the principal components of data blocks (PCA, float64).
 
-        `encode` then gives `(block - mean) @ V_k / s_k` (unit-variance latents, channel k = component k)
-        and `decode` `mean + latent * s_k @ V_k^T`: the rank-`z_channels` least-squares codec of the blocks.
+        `encode` then gives `(block - mean) @ V_k` (channel k = component k, variance `s_k² / (N - 1)`:
+        the latents keep the data's energy per component, so a DiT's MSE weighs them as pixels would; the
+        VAE's latent statistics scale them as a whole) and `decode` `mean + latent @ V_k^T`: the
+        rank-`z_channels` least-squares codec of the blocks.
 
         Args:
             blocks: (N, D) data blocks (`blocks(video).flatten(0, -2)`), N >= z_channels.
@@ -363,14 +365,12 @@ class BlockShortcut(nn.Module):
             raise ValueError(f"need at least {self.z_channels} blocks for the PCA, got {data.shape[0]}")
         mean = data.mean(0)
         _, singular, vh = torch.linalg.svd(data - mean, full_matrices=False)
-        k = self.z_channels
-        std = (singular[:k] / (data.shape[0] - 1) ** 0.5).clamp_min(1e-6)
-        components = vh[:k]  # (k, D)
-        self.encode_weight.copy_(components / std[:, None])
-        self.encode_bias.copy_(-(components @ mean) / std)
-        self.decode_weight.copy_((components * std[:, None]).T)
+        components = vh[: self.z_channels]  # (k, D), orthonormal rows
+        self.encode_weight.copy_(components)
+        self.encode_bias.copy_(-(components @ mean))
+        self.decode_weight.copy_(components.T)
         self.decode_bias.copy_(mean)
-        return singular[:k].square().sum() / singular.square().sum()
+        return singular[: self.z_channels].square().sum() / singular.square().sum()
 
 
 def _causal_chunks(x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
