@@ -30,7 +30,8 @@ from isa4d.models.vae import (
 F64 = torch.float64
 TINY_WIDTHS = (24, 48, 48, 96)  # vae_tiny: base 24, channel_mults (1, 2, 2, 4)
 TINY_GROUPS = 8
-MICRO = {"base_channels": 8, "channel_mults": (1, 1, 2, 2), "norm_groups": 4}  # fast float64 checks
+# fast float64 checks of the networks (without the block shortcut, whose last convs start at zero)
+MICRO = {"base_channels": 8, "channel_mults": (1, 1, 2, 2), "norm_groups": 4, "shortcut": False}
 
 
 def video(
@@ -170,13 +171,23 @@ def test_streaming_by_hand_from_a_lone_first_frame(micro64):
 
 
 def test_gradient_reaches_every_parameter():
-    torch.manual_seed(0)
-    vae = vae_tiny()
+    """Without the shortcut every parameter gets a gradient at once; with it (last convs zero) the last
+    convs do, and after one optimiser step every parameter does (as with adaLN-Zero)."""
     x = video(1, 5, 16)
-    x_hat, posterior = vae(x)
-    (x_hat - x).abs().mean().backward()
-    no_grad = [n for n, p in vae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not no_grad
+
+    def missing(vae: torch.nn.Module) -> list[str]:
+        vae.zero_grad()
+        x_hat, _ = vae(x)
+        (x_hat - x).abs().mean().backward()
+        return [n for n, p in vae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+
+    torch.manual_seed(0)
+    assert not missing(vae_tiny(shortcut=False))
+    vae = vae_tiny()
+    first = missing(vae)
+    assert "decoder.conv_out.weight" not in first and "encoder.conv_out.weight" not in first
+    torch.optim.Adam(vae.parameters(), lr=1e-3).step()
+    assert not missing(vae)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -407,6 +418,14 @@ def test_block_shortcut_default_and_pca_codecs():
         torch.testing.assert_close(z[:, 4 * j : 4 * j + 3, i], means[:, :, frame])
         assert not z[:, 4 * j + 3, i].any()
     torch.testing.assert_close(x_hat, means.repeat_interleave(8, dim=3).repeat_interleave(8, dim=4))
+    moved = x.clone()
+    moved[:, :, 5] += 0.5  # frame 5 belongs to latent frame 2 only, which decodes frames 5-8 only
+    with torch.no_grad():
+        z_moved = vae.encode(moved).mode()
+        changed = (z_moved - z).abs().amax(dim=(0, 1, 3, 4)) > 0
+        frames = (vae.decode(z_moved) - x_hat).abs().amax(dim=(0, 1, 3, 4)) > 0
+    assert changed.tolist() == [False, False, True]
+    assert frames.tolist() == [False] * 5 + [True] + [False] * 3  # its sub-latent 0 decodes frame 5
 
     # PCA: correlated blocks (a random low-rank-ish mixing); reconstruction = numpy's rank-16 projection
     generator = torch.Generator().manual_seed(0)
