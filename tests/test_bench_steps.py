@@ -92,11 +92,16 @@ def test_profile_tiny_stages(tmp_path, human_shards, vae_ckpt):
             f"--dit-override={o}"
             for o in ["data=human", *data, "model.num_points=64", "model.window_latents=null", *small_dit]
         ),
+        "--dit-compare=model.num_points=32",  # a second DiT step in the same run, compared with the first
     ]
     report = steps.main(argv)
     assert json.loads((tmp_path / "steps.json").read_text())["fraction_in_dit"] == report["fraction_in_dit"]
     text = (tmp_path / "steps.md").read_text()
     assert "Stage 2: DiT step" in text and "fraction_in_dit" in text and "MFU" in text
+    compare = report["dit_compare"]
+    assert compare["overrides"] == ["model.num_points=32"]
+    assert compare["speedup"] == pytest.approx(compare["step_ms"] / report["dit"]["step_ms"])
+    assert "The same DiT step with `model.num_points=32`, measured in this run" in text
 
     before, after = report["vae"]
     dit = report["dit"]

@@ -949,6 +949,17 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _stage_markdown(summary, title, peak, report["command"])
     if report["dit"] is not None:
         lines += _stage_markdown(report["dit"], "Stage 2: DiT step", peak, report["command"])
+    if report.get("dit_compare"):
+        c = report["dit_compare"]
+        groups = ", ".join(f"{g} {ms:.0f} ms" for g, ms in c["groups_ms"].items() if ms > 0)
+        lines += [
+            f"### The same DiT step with `{' '.join(c['overrides'])}`, measured in this run",
+            "",
+            f"Step (median) **{c['step_ms']:.0f} ms** ({groups}); fraction_in_dit "
+            f"{100 * c['fraction_in_dit']:.1f} %; latent cache: {c['latent_cache']}. The default step above "
+            f"is **{c['speedup']:.1f}x faster**.",
+            "",
+        ]
     appendix = [(s, f"VAE, {s['regime']} disc_start") for s in report["vae"] if s.get("top_ops")]
     if report["dit"] is not None and report["dit"].get("top_ops"):
         appendix.append((report["dit"], "DiT"))
@@ -1052,6 +1063,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         report["fraction_in_dit"] = report["dit"]["fraction_in_dit"]
         write()
+    if "dit" in args.stages and args.dit_compare:
+        # The same DiT step with other overrides (e.g. data=human: pixel batches encoded in the step),
+        # in this run: the speed-up is measured under the same load, not across runs.
+        compare = argparse.Namespace(
+            **{**vars(args), "dit_override": [*args.dit_override, *args.dit_compare]}
+        )
+        other = profile_dit(compare, device, peak["peak_flops_per_s"], vae_model_cfg)
+        report["dit_compare"] = {
+            "overrides": list(args.dit_compare),
+            "step_ms": other["step_ms"],
+            "fraction_in_dit": other["fraction_in_dit"],
+            "latent_cache": other["latent_cache"],
+            "groups_ms": {group: g["median_ms"] for group, g in other["groups"].items()},
+            "speedup": other["step_ms"] / report["dit"]["step_ms"],
+        }
+        write()
     print(markdown(report))
     return report
 
@@ -1059,6 +1086,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m isa4d.bench.steps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", nargs="+", choices=("vae", "dit"), default=["vae", "dit"])
+    parser.add_argument(
+        "--dit-compare",
+        action="append",
+        default=[],
+        help="also time the DiT step with this extra override (repeatable; e.g. data=human for the pixel "
+        "path) in the same run, and report the speed-up of the default over it",
+    )
     parser.add_argument("--vae-experiment", default="vae_tiny_cpu", help="conf/experiment/ of the VAE step")
     parser.add_argument("--vae-override", action="append", default=[], help="Hydra override (repeatable)")
     parser.add_argument(
