@@ -402,6 +402,11 @@ def test_block_shortcut_starts_from_the_training_data(tiny_config, tmp_path):
     make_trainer(tmp_path, batches=2).fit(resumed, ClipDataModule(photo_clips(4, seed=9)), ckpt_path=ckpt)
     # not re-initialised from the new data
     torch.testing.assert_close(resumed.vae.shortcut.encode_weight, shortcut.encode_weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="datamodule"):  # the data must be reachable before training
+        make_trainer(tmp_path, batches=1).fit(
+            make_module(tiny_config, **{"shortcut_init_batches": 2}),
+            train_dataloaders=ClipDataModule(train).train_dataloader(),
+        )
 
 
 def test_last_ckpt_carries_latent_statistics_of_its_own_weights(tiny_config, tmp_path):

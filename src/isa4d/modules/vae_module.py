@@ -340,6 +340,11 @@ class VAEModule(L.LightningModule):
             )
         fresh = self.batch_step == 0 and not any(self.hparams.initialised_from.values())
         if fresh and self.hparams.shortcut_init_batches and self.vae.shortcut is not None:
+            if self.trainer.datamodule is None:
+                raise ValueError(
+                    "shortcut_init_batches needs the training data as a datamodule (trainer.fit(module, "
+                    "datamodule=...)); or set model.shortcut_init_batches=0"
+                )
             self.init_shortcut_from_data(self.trainer.datamodule.train_dataloader())
 
     @torch.no_grad()
