@@ -139,9 +139,10 @@ evaluate: install ## PSNR/SSIM/LPIPS/FVD of the newest VAE checkpoint (ARGS= Hyd
 	@test -n "$(ARGS)$$($(NEWEST_VAE))" || { echo "make evaluate: no VAE checkpoint under $(LOG_DIR)/train_vae (run make train-vae, or pass ARGS='mode=... ckpt_path=...')"; exit 2; }
 	$(VENV)/bin/isa4d evaluate $(or $(ARGS),mode=vae ckpt_path=$$($(NEWEST_VAE)))
 
-# `make ablate` (docs/ablation.md): the tiny VAE with and without the image-decoding regularisation, every
-# DiT variant x seed at equal steps on the first (experiment dit_ablate_cpu), then isa4d ablate-report,
-# all under one sweep folder $(LOG_DIR)/ablate/<time>/. ABLATE_VAE_STEPS= / ABLATE_DIT_STEPS= shorten the
+# `make ablate` (docs/ablation.md): the tiny VAE with and without the image-decoding regularisation, the
+# latent cache of the first (with the 2-D baselines' control videos), every DiT variant x seed at equal
+# steps from that cache (experiment dit_ablate_cpu), then isa4d ablate-report, all under one sweep folder
+# $(LOG_DIR)/ablate/<time>/. ABLATE_VAE_STEPS= / ABLATE_DIT_STEPS= shorten the
 # runs (trainer.max_steps); ARGS= goes to the DiT sweep (e.g. ARGS="seed=1,2,3,4"). The report is written
 # even when some DiT jobs failed (they are listed as failed); the target then fails.
 ABLATE_DIR := $(LOG_DIR)/ablate/$(shell date +%Y-%m-%d_%H-%M-%S)
@@ -150,11 +151,13 @@ ABLATE_VAE_STEPS ?=
 ABLATE_DIT_STEPS ?=
 ABLATE_VAE = $(VENV)/bin/isa4d train-vae logger=many $(if $(ABLATE_VAE_STEPS),trainer.max_steps=$(ABLATE_VAE_STEPS))
 
-ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~45 min CPU; ARGS=)
+ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~60 min CPU; ARGS=)
 	$(ABLATE_VAE) experiment=vae_tiny_cpu hydra.run.dir=$(ABLATE_DIR)/vae_reg
 	$(ABLATE_VAE) experiment=vae_tiny_cpu_no_reg hydra.run.dir=$(ABLATE_DIR)/vae_no_reg
+	$(VENV)/bin/isa4d encode ckpt_path=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt input_dir=$(DATA_DIR)/shards/synth \
+	  output_dir=$(ABLATE_DIR)/latents control_videos=[normal,body] $(DIT_LATENT_ARGS)
 	status=0; $(VENV)/bin/isa4d train-dit -m experiment=dit_ablate_cpu hydra.sweep.dir=$(ABLATE_DIR)/dit \
-	  model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt \
+	  model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt data.train_dirs=[$(ABLATE_DIR)/latents] \
 	  $(if $(ABLATE_DIT_STEPS),trainer.max_steps=$(ABLATE_DIT_STEPS)) $(ARGS) || status=$$?; \
 	$(VENV)/bin/isa4d ablate-report $(ABLATE_DIR) --out $(ABLATE_OUT) && exit $$status
 
