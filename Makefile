@@ -141,14 +141,16 @@ evaluate: install ## PSNR/SSIM/LPIPS/FVD of the newest VAE checkpoint (ARGS= Hyd
 
 # `make ablate` (docs/ablation.md): the tiny VAE with and without the image-decoding regularisation, the
 # latent cache of the first (with the 2-D baselines' control videos), every DiT variant x seed at equal
-# steps from that cache (experiment dit_ablate_cpu), then isa4d ablate-report, all under one sweep folder
-# $(LOG_DIR)/ablate/<time>/. ABLATE_VAE_STEPS= / ABLATE_DIT_STEPS= shorten the
+# steps from that cache (experiment dit_ablate_cpu), the pose following of each job (isa4d evaluate mode=dit
+# on ABLATE_EVAL_CLIPS clips of the video split, into <job>/eval/), then isa4d ablate-report, all under one
+# sweep folder $(LOG_DIR)/ablate/<time>/. ABLATE_VAE_STEPS= / ABLATE_DIT_STEPS= shorten the
 # runs (trainer.max_steps); ARGS= goes to the DiT sweep (e.g. ARGS="seed=1,2,3,4"). The report is written
 # even when some DiT jobs failed (they are listed as failed); the target then fails.
 ABLATE_DIR := $(LOG_DIR)/ablate/$(shell date +%Y-%m-%d_%H-%M-%S)
 ABLATE_OUT ?= experiments/ablation
 ABLATE_VAE_STEPS ?=
 ABLATE_DIT_STEPS ?=
+ABLATE_EVAL_CLIPS ?= 4
 ABLATE_VAE = $(VENV)/bin/isa4d train-vae logger=many $(if $(ABLATE_VAE_STEPS),trainer.max_steps=$(ABLATE_VAE_STEPS))
 
 ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~60 min CPU; ARGS=)
@@ -159,6 +161,9 @@ ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> ex
 	status=0; $(VENV)/bin/isa4d train-dit -m experiment=dit_ablate_cpu hydra.sweep.dir=$(ABLATE_DIR)/dit \
 	  model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt data.train_dirs=[$(ABLATE_DIR)/latents] \
 	  $(if $(ABLATE_DIT_STEPS),trainer.max_steps=$(ABLATE_DIT_STEPS)) $(ARGS) || status=$$?; \
+	for job in $(ABLATE_DIR)/dit/*/; do test -f $$job/checkpoints/last.ckpt || continue; \
+	  $(VENV)/bin/isa4d evaluate mode=dit ckpt_path=$$job/checkpoints/last.ckpt splits=[video] \
+	    num_clips=$(ABLATE_EVAL_CLIPS) hydra.run.dir=$${job}eval || status=$$?; done; \
 	$(VENV)/bin/isa4d ablate-report $(ABLATE_DIR) --out $(ABLATE_OUT) && exit $$status
 
 # diffusers (the CogVideoX VAE peer of the VAE benchmark) is a bench-only dependency, installed into

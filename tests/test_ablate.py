@@ -15,7 +15,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
-from scipy.stats import ttest_ind
+from scipy.stats import ttest_1samp, ttest_ind
 
 from conftest import compose_for_test
 from isa4d.ablate import build_report
@@ -93,6 +93,21 @@ def write_dit_run(
     return folder
 
 
+def write_pose(folder: Path, fg_iou: float, fg_iou_no_body: float) -> None:
+    """The `eval/dit_eval.json` of `isa4d evaluate mode=dit` on the `video` split (its layout)."""
+    split = lambda iou: {"video": {"psnr": 20.0, "fg_iou": iou, "psnr_fg": 13.0, "psnr_bg": 21.0}}  # noqa: E731
+    report = {
+        "mode": "dit",
+        "results": split(fg_iou),
+        "references": [
+            {"model": "GT through VAE (upper bound)", "results": split(0.5)},
+            {"model": "body dropped (lower bound)", "results": split(fg_iou_no_body)},
+        ],
+    }
+    (folder / "eval").mkdir()
+    (folder / "eval" / "dit_eval.json").write_text(json.dumps(report))
+
+
 def write_vae_run(folder: Path, std: float, sensitivity: list[float], psnr: float | None) -> None:
     """A VAE run folder with the two diagnostics' JSON files (the callbacks' format) and val/psnr."""
     folder.mkdir(parents=True)
@@ -137,10 +152,13 @@ def test_report_tables_plots_and_failed_runs(tmp_path):
         dit / "multirun.yaml",
     )
     finals = {"isa": [0.50, 0.52, 0.49], "isa_no_pe": [0.70, 0.74]}
+    ious = {"isa": ([0.30, 0.34, 0.32], [0.10, 0.11, 0.10]), "isa_no_pe": ([0.12, 0.10], [0.11, 0.12])}
     for seed, value in enumerate(finals["isa"], 1):
-        write_dit_run(dit, tmp_path, "isa", seed, [0.9, value], wall_s=120.0)
+        folder = write_dit_run(dit, tmp_path, "isa", seed, [0.9, value], wall_s=120.0)
+        write_pose(folder, ious["isa"][0][seed - 1], ious["isa"][1][seed - 1])
     for seed, value in enumerate(finals["isa_no_pe"], 1):
-        write_dit_run(dit, tmp_path, "isa_no_pe", seed, [0.95, value])
+        folder = write_dit_run(dit, tmp_path, "isa_no_pe", seed, [0.95, value])
+        write_pose(folder, ious["isa_no_pe"][0][seed - 1], ious["isa_no_pe"][1][seed - 1])
     write_dit_run(dit, tmp_path, "isa_no_pe", 3, None)  # crashed before logging
     write_dit_run(dit, tmp_path, "padaln_pose", 1, [0.8, 0.6])
     write_dit_run(dit, tmp_path, "padaln_pose", 2, [0.8])  # stopped after the first validation
@@ -164,6 +182,12 @@ def test_report_tables_plots_and_failed_runs(tmp_path):
         ttest_ind(finals["isa_no_pe"], finals["isa"], equal_var=False).pvalue
     )
     assert rows["isa_no_pe"]["seeds"] == [1, 2] and rows["isa_no_pe"]["failed_seeds"] == [3]
+    for name, (model, no_body) in ious.items():  # pose following: IoU, and what the body adds per seed
+        gains = np.subtract(model, no_body)
+        assert rows[name]["fg_iou_mean"] == pytest.approx(np.mean(model))
+        assert rows[name]["body_gain_mean"] == pytest.approx(np.mean(gains))
+        assert rows[name]["body_gain_p"] == pytest.approx(ttest_1samp(gains, 0.0).pvalue)
+    assert rows["padaln_pose"]["fg_iou_mean"] is None  # not evaluated
     assert rows["padaln_pose"]["final_std"] is None and rows["padaln_pose"]["failed_seeds"] == [2, 3]
     statuses = {(run["variant"], run["seed"]): run for run in report["dit"]["runs"]}
     assert len(statuses) == 9 and statuses[("isa", 2)]["curve"] == [[2, 0.9], [4, 0.52]]
@@ -180,6 +204,8 @@ def test_report_tables_plots_and_failed_runs(tmp_path):
     assert "| 2 | `padaln_pose` | 1 (failed: 2, 3) | 4 | 0.6000 |" in text
     assert f"{ISA_PARAMETERS:,}" in text and "2.0 min (30.00 s/step)" in text
     assert "seed noise for `isa_no_pe`; not testable for `padaln_pose` (a single completed seed)" in text
+    assert "| 0.4900 | 0.320 ± 0.020 | +0.217 ± 0.015 (0.002) |" in text  # isa: best, fg IoU, body gain (p)
+    assert "beyond the seed noise (p < 0.05) for `isa`." in text  # not isa_no_pe: its gain is -0.005 ± 0.021
     assert text.count("\n- `") == 3  # the three failed runs, each with its reason
     assert "| 24.50 | 0.1000 | 0.5000 |" in text and "| n/a | 0.1000 | 0.8000 |" in text  # VAE rows
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(report))

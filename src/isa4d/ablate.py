@@ -5,6 +5,7 @@ Reads an ablation sweep folder laid out as `make ablate` writes it:
     SWEEP/vae_reg/, SWEEP/vae_no_reg/   isa4d train-vae runs (vae_tiny_cpu, vae_tiny_cpu_no_reg)
     SWEEP/dit/multirun.yaml             the DiT sweep (experiment dit_ablate_cpu): its variant x seed grid
     SWEEP/dit/<variant>_seed<seed>/     one isa4d train-dit job each
+    SWEEP/dit/<variant>_seed<seed>/eval/dit_eval.json   its isa4d evaluate mode=dit (pose following)
 
 and writes, atomically, into DIR (default `experiments/ablation`): `RESULTS.md` (tables), `results.json`
 (every number, the curves), `val_loss.png` (val/flow_loss curves per variant, cf. ISA4D Fig. 14),
@@ -14,7 +15,9 @@ and `vae_last_frame_bias.png` (error and sensitivity per position in the 4-frame
 A DiT run is identified by its `.hydra/` files (variant: `hydra.runtime.choices.variant`; seed and
 `trainer.max_steps`: the job config), read from the CSVLogger's `csv/metrics.csv`, and counts only when
 its last validation falls on `trainer.max_steps`. Runs of the grid without a folder, without metrics or
-stopped early are listed as failed with the reason, never dropped.
+stopped early are listed as failed with the reason, never dropped. A job's pose following (foreground
+IoU of its generated clips and of the same sampling with the body dropped, `isa4d evaluate mode=dit` on
+the `video` split) is reported where its `eval/dit_eval.json` exists.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from omegaconf import OmegaConf
 from isa4d.utils.files import write_figure_atomic, write_json_atomic, write_text_atomic
 
 METRIC = "val/flow_loss"
+POSE_FILE = Path("eval") / "dit_eval.json"
+POSE_SPLIT = "video"
+NO_BODY_ROW = "body dropped (lower bound)"  # isa4d.evaluate.NO_BODY_ROW (not imported: that pulls in torch)
 VAE_RUNS = {"reg": "vae_reg", "no_reg": "vae_no_reg"}
 VAE_LABELS = {"reg": "with image-decoding reg.", "no_reg": "without (no aux. decoder)"}
 VAE_COLORS = {"reg": "tab:blue", "no_reg": "tab:orange"}
@@ -67,6 +73,7 @@ class DiTRun:
     parameters: int | None = None
     wall_s: float | None = None
     error: str | None = None
+    pose: dict[str, float] | None = None
 
     @property
     def final(self) -> float | None:
@@ -89,6 +96,7 @@ class DiTRun:
             "best": self.best,
             "parameters": self.parameters,
             "wall_s": self.wall_s,
+            "pose": self.pose,
             "curve": [list(point) for point in self.curve],
         }
 
@@ -120,6 +128,7 @@ def read_dit_run(folder: Path) -> DiTRun:
         max_steps=OmegaConf.select(config, "trainer.max_steps"),
         parameters=count_dit_parameters(config.model.dit),
     )
+    run.pose = read_pose(folder / POSE_FILE)
     metrics = folder / "csv" / "metrics.csv"
     if not metrics.is_file():
         run.error = f"no csv/metrics.csv: failed before logging (see {folder.name}/train_dit.log)"
@@ -134,6 +143,26 @@ def read_dit_run(folder: Path) -> DiTRun:
             "trainer.max_steps is not a multiple of data.epoch_size)"
         )
     return run
+
+
+def read_pose(path: Path) -> dict[str, float] | None:
+    """Pose following of one job from its `dit_eval.json` on `POSE_SPLIT`: `fg_iou`, `psnr_fg` of the
+    model, `fg_iou_no_body` of the same sampling with the body dropped, and `body_gain` (their
+    difference: what the body condition adds); None when the job was not evaluated."""
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    model = report["results"].get(POSE_SPLIT, {})
+    no_body = {ref["model"]: ref["results"] for ref in report["references"]}.get(NO_BODY_ROW, {})
+    no_body = no_body.get(POSE_SPLIT, {})
+    if "fg_iou" not in model or "fg_iou" not in no_body:
+        return None
+    return {
+        "fg_iou": model["fg_iou"],
+        "psnr_fg": model["psnr_fg"],
+        "fg_iou_no_body": no_body["fg_iou"],
+        "body_gain": model["fg_iou"] - no_body["fg_iou"],
+    }
 
 
 def sweep_grid(dit_dir: Path) -> list[tuple[str, int]]:
@@ -200,15 +229,28 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def one_sample_p(values: list[float]) -> float | None:
+    """Two-sided p-value of a one-sample t-test of mean 0 (None: under 2 values or no spread)."""
+    if len(values) < 2 or np.std(values) == 0:
+        return None
+    from scipy.stats import ttest_1samp
+
+    return float(ttest_1samp(values, 0.0).pvalue)
+
+
 def summarize(runs: list[DiTRun]) -> list[dict[str, Any]]:
     """One row per variant: final val/flow_loss mean and sample std (ddof 1) over its completed seeds,
-    the lowest value any of its runs reached, parameters, wall time; ranked by the mean, failed last."""
+    the lowest value any of its runs reached, parameters, wall time, and the pose following of its
+    evaluated seeds (foreground IoU; body gain with the p-value of a one-sample t-test against 0);
+    ranked by the mean flow loss, failed last."""
     rows = []
     for variant in dict.fromkeys(run.variant for run in runs):
         mine = [run for run in runs if run.variant == variant]
         done = [run for run in mine if run.error is None]
         finals = [run.final for run in done]
         walls = [run.wall_s for run in done if run.wall_s is not None]
+        poses = [run.pose for run in done if run.pose is not None]
+        ious, gains = [p["fg_iou"] for p in poses], [p["body_gain"] for p in poses]
         rows.append(
             {
                 "variant": variant,
@@ -221,6 +263,13 @@ def summarize(runs: list[DiTRun]) -> list[dict[str, Any]]:
                 "best": min(run.best for run in done) if done else None,
                 "parameters": next((run.parameters for run in mine if run.parameters is not None), None),
                 "wall_s_mean": float(np.mean(walls)) if walls else None,
+                "fg_iou": ious,
+                "fg_iou_mean": float(np.mean(ious)) if ious else None,
+                "fg_iou_std": float(np.std(ious, ddof=1)) if len(ious) > 1 else None,
+                "body_gain": gains,
+                "body_gain_mean": float(np.mean(gains)) if gains else None,
+                "body_gain_std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
+                "body_gain_p": one_sample_p(gains),
             }
         )
     rows.sort(key=lambda row: (row["final_mean"] is None, row["final_mean"] or 0.0))
@@ -278,8 +327,8 @@ def dit_table(rows: list[dict[str, Any]]) -> list[str]:
     """The Markdown table of the DiT variants."""
     lines = [
         f"| rank | variant | seeds | steps | final {METRIC} (mean ± std) | Δ vs best | p vs best | best "
-        "| parameters | wall time / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| fg IoU | body gain (p) | parameters | wall time / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for rank, row in enumerate(rows, 1):
         seeds = ", ".join(str(seed) for seed in row["seeds"]) or "–"
@@ -296,11 +345,42 @@ def dit_table(rows: list[dict[str, Any]]) -> list[str]:
         wall = row["wall_s_mean"]
         wall_text = "–" if wall is None else f"{wall / 60:.1f} min ({wall / max(row['steps']):.2f} s/step)"
         parameters = "n/a" if row["parameters"] is None else f"{row['parameters']:,}"
+        iou = _mean_std(row.get("fg_iou_mean"), row.get("fg_iou_std"), 3)
+        gain = _mean_std(row.get("body_gain_mean"), row.get("body_gain_std"), 3, signed=True)
+        if row.get("body_gain_p") is not None:
+            gain += f" ({row['body_gain_p']:.3f})"
         lines.append(
             f"| {rank if row['final_mean'] is not None else '–'} | `{row['variant']}` | {seeds} | {steps} "
-            f"| {final} | {delta} | {p_value} | {_number(row['best'])} | {parameters} | {wall_text} |"
+            f"| {final} | {delta} | {p_value} | {_number(row['best'])} | {iou} | {gain} | {parameters} "
+            f"| {wall_text} |"
         )
     return lines
+
+
+def _mean_std(mean: float | None, std: float | None, digits: int, signed: bool = False) -> str:
+    """`mean ± std` (`–` without a mean; the mean alone without a std)."""
+    if mean is None:
+        return "–"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text if std is None else f"{text} ± {std:.{digits}f}"
+
+
+def pose_sentence(rows: list[dict[str, Any]]) -> str:
+    """Which variants' body condition raises the foreground IoU beyond the seed noise."""
+    evaluated = [row for row in rows if row.get("fg_iou")]
+    if not evaluated:
+        return "No job was evaluated for pose following (no `eval/dit_eval.json`)."
+    above = [
+        row["variant"]
+        for row in evaluated
+        if (row["body_gain_p"] or 1.0) < SIGNIFICANCE and row["body_gain_mean"] > 0
+    ]
+    return (
+        f"Pose following (`isa4d evaluate mode=dit` on the `{POSE_SPLIT}` split): fg IoU of the generated "
+        "person mask against the ground truth; body gain: that IoU minus the IoU of the same sampling with "
+        "the body dropped, per seed (p: one-sample t-test of the gains against 0). The body raises the IoU "
+        f"beyond the seed noise (p < {SIGNIFICANCE}) for {_names(above) or 'no variant'}."
+    )
 
 
 def vae_table(vae: dict[str, dict[str, Any]]) -> list[str]:
@@ -472,6 +552,8 @@ def results_markdown(
         *dit_table(rows),
         "",
         noise_sentence(rows),
+        "",
+        pose_sentence(rows),
     ]
     if len(steps) > 1:
         lines += [
