@@ -35,6 +35,7 @@ from isa4d.body import (
     write_procedural_npz,
 )
 from isa4d.body.cli import add_cli
+from isa4d.errors import DataError
 from isa4d.utils.files import file_sha256
 
 
@@ -315,7 +316,7 @@ def test_converter_checks_the_checksum(smpl_pickle, tmp_path):
 def test_converter_lists_missing_keys(tmp_path, data):
     path = tmp_path / "partial.pkl"
     path.write_bytes(pickle.dumps({"v_template": data["v_template"], "f": data["f"]}, protocol=2))
-    with pytest.raises(KeyError, match="J_regressor.*kintree_table.*weights.*shapedirs.*posedirs"):
+    with pytest.raises(DataError, match="J_regressor.*kintree_table.*weights.*shapedirs.*posedirs"):
         convert_smpl_pickle(path, tmp_path / "out.npz")
 
 
@@ -335,7 +336,7 @@ def test_converter_refuses_code_execution(tmp_path, data, function):
     path.write_bytes(
         pickle.dumps({"v_template": data["v_template"], "f": _Exploit(function, command)}, protocol=2)
     )
-    with pytest.raises(pickle.UnpicklingError, match=f"refusing to load the global .*{function.__name__}"):
+    with pytest.raises(DataError, match=f"refusing to load the global .*{function.__name__}"):
         convert_smpl_pickle(path, tmp_path / "out.npz")
     assert not marker.exists() and not (tmp_path / "out.npz").exists()
 

@@ -7,16 +7,24 @@ same whatever model, data, trainer or logger a config selects.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from isa4d.callbacks.preemption import PreemptionCheckpoint
 from isa4d.config import config_dir
+from isa4d.errors import MissingFileError
+from isa4d.modules.vae_module import read_checkpoint
 
 log = logging.getLogger(__name__)
+
+_STAGE_OF_MODULE = {"isa4d.modules.VAEModule": "vae", "isa4d.modules.DiTModule": "dit"}
+"""`read_checkpoint` stage of a resumed model's `_target_` (others: any checkpoint)."""
 
 
 def _require_target(cfg: DictConfig, key: str) -> None:
@@ -40,8 +48,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) the configured model; returns the final logged metrics."""
     _require_target(cfg, "data")
     _require_target(cfg, "model")
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist (resume needs a Lightning .ckpt)")
+    if cfg.get("ckpt_path"):
+        resume = Path(cfg.ckpt_path)
+        sharded = resume.is_dir() and (resume / "meta.pt").is_file()  # a trainer=fsdp checkpoint folder
+        if not resume.is_file() and not sharded:
+            raise MissingFileError(
+                f"ckpt_path={cfg.ckpt_path} does not exist (resume needs a Lightning .ckpt, or the "
+                "checkpoint folder of a trainer=fsdp run)"
+            )
+        # The resume file, read as Lightning will read it (weights_only=True), fails here with one sentence.
+        stage = _STAGE_OF_MODULE.get(cfg.model._target_)
+        read_checkpoint(
+            resume / "meta.pt" if sharded else resume, stage=None if sharded else stage, mmap=True
+        )
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -56,15 +75,36 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        except SIGTERMException:  # Lightning stopped after the batch a signal arrived in
+            _exit_preempted(cfg, trainer)
+        if trainer.received_sigterm:  # the signal came in the last batch: stopped all the same
+            _exit_preempted(cfg, trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test", False):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     _report(cfg, trainer)
     return metrics
+
+
+def _exit_preempted(cfg: DictConfig, trainer: L.Trainer) -> NoReturn:
+    """Say where the checkpoint of a run stopped by a signal is, then exit with `128 + signal` (143 for
+    SIGTERM) so that a scheduler requeues it (isa4d.callbacks.PreemptionCheckpoint saves it)."""
+    preemption = next((cb for cb in trainer.callbacks if isinstance(cb, PreemptionCheckpoint)), None)
+    signum = (preemption.received if preemption else None) or signal.SIGTERM
+    _report(cfg, trainer)
+    if preemption is None:
+        resume = "no checkpoint saved (callbacks.preemption is off)"
+    elif preemption.saved is None:
+        resume = "no checkpoint saved (the signal came before training started)"
+    else:
+        resume = f"resume with ckpt_path={preemption.saved}"
+    print(f"Stopped by {signum.name} at step {trainer.global_step}: {resume}")
+    raise SystemExit(128 + signum)
 
 
 def _report(cfg: DictConfig, trainer: L.Trainer) -> None:

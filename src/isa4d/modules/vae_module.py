@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -32,6 +33,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from isa4d.errors import CheckpointError, ConfigError, MissingFileError
 from isa4d.losses import LPIPS, VAELoss
 from isa4d.models.vae import AuxImageDecoder, DiagonalGaussian, VideoVAE, load_sd3_weights
 from isa4d.modules.ema import EMA
@@ -76,21 +78,60 @@ def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
     return rearrange(x, "c t h w -> t h w c").cpu().numpy()
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint (or a plain state dict) on the CPU.
+STAGES = {"vae": ("VAE", "VAEModule", "isa4d train-vae"), "dit": ("DiT", "DiTModule", "isa4d train-dit")}
+"""Checkpoint stage -> (name, module class, the command that writes its checkpoints)."""
 
-    Tries `weights_only=True` first; a checkpoint holding other Python objects (e.g. a datamodule's
-    OmegaConf hyper-parameters) is then read with full unpickling, which runs code from the file: only
-    load checkpoints you trust.
+
+def checkpoint_stage(checkpoint: Mapping[str, Any]) -> str | None:
+    """`"vae"` or `"dit"`: the stage whose module wrote `checkpoint` (by its hyper-parameters), else None."""
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, Mapping):
+        return None
+    if "dit" in hparams and "vae_ckpt" in hparams:
+        return "dit"
+    return "vae" if isinstance(hparams.get("vae"), Mapping) else None
+
+
+def read_checkpoint(path: str | Path, stage: str | None = None, mmap: bool = False) -> dict[str, Any]:
+    """Load a Lightning checkpoint (or a plain state dict) on the CPU, never running code from the file.
+
+    The file is read with `torch.load(weights_only=True)` only: tensors, numbers, strings and plain
+    containers; any other pickled object (a class, a function such as `os.system`) is refused before it
+    is created. Checkpoints written by `isa4d train-vae` / `train-dit` hold nothing else.
+
+    Args:
+        path: The checkpoint file.
+        stage: `"vae"` or `"dit"`: the stage the checkpoint must come from (`checkpoint_stage`); None
+            accepts any.
+        mmap: Map the tensors from the file instead of reading them (a cheap check of a big file).
+
+    Raises:
+        MissingFileError: if the file does not exist.
+        CheckpointError: if it is not a readable checkpoint, holds other objects, or is of another stage.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning("%s holds non-tensor objects; loading it with full unpickling (trusted files only)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if unsafe is None:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint, or is truncated or damaged") from None
+        raise CheckpointError(
+            f"{path} holds the Python object {unsafe.group(1)}, refused because loading it could run code: "
+            "a checkpoint may hold only tensors, numbers, strings and plain containers"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, TypeError):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint, or is truncated or damaged") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    found = checkpoint_stage(checkpoint)
+    if stage is not None and found != stage:
+        name, module, command = STAGES[stage]
+        what = f"is a {STAGES[found][0]} checkpoint" if found else f"is not a {module} checkpoint"
+        raise CheckpointError(f"{path} {what}; give the {name} checkpoint (the one written by {command})")
+    return checkpoint
 
 
 def _state_dict_of(checkpoint: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
@@ -326,6 +367,15 @@ class VAEModule(L.LightningModule):
             raise ValueError("give a scheduler for both optimisers or for neither")
         return (optimizers, schedulers) if schedulers else optimizers
 
+    def configure_model(self) -> None:
+        """Refuse `ModelParallelStrategy` (`trainer=fsdp`, made for the multi-billion DiT): the VAE and its
+        discriminators fit one GPU and train with DDP."""
+        if self.device_mesh is not None:
+            raise ConfigError(
+                "VAEModule does not support trainer=fsdp (ModelParallelStrategy): train the VAE with "
+                "trainer=ddp trainer.strategy.find_unused_parameters=true"
+            )
+
     def on_fit_start(self) -> None:
         if self.trainer.precision in ("16-mixed", "16"):
             raise ValueError(
@@ -500,13 +550,11 @@ def load_vae(
         The `VideoVAE` (its latent `shift`/`scale` as trained / set by `LatentStatistics`).
 
     Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if it is not a `VAEModule` checkpoint.
+        MissingFileError: if the file does not exist.
+        CheckpointError: if it is not a `VAEModule` checkpoint (`read_checkpoint`).
     """
-    checkpoint = read_checkpoint(ckpt_path)
-    config = checkpoint.get("hyper_parameters", {}).get("vae")
-    if not isinstance(config, Mapping):
-        raise ValueError(f"{ckpt_path} has no `hyper_parameters.vae`: not a VAEModule checkpoint")
+    checkpoint = read_checkpoint(ckpt_path, stage="vae")
+    config = checkpoint["hyper_parameters"]["vae"]
     state = _state_dict_of(checkpoint)
     if LATENT_STATS_KEY not in checkpoint:
         log.warning(
@@ -526,7 +574,9 @@ def load_vae(
 __all__ = [
     "LATENT_STATS_KEY",
     "VAEModule",
+    "STAGES",
     "build_vae_loss",
+    "checkpoint_stage",
     "frames_to_tensor",
     "load_vae",
     "read_checkpoint",
