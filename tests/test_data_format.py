@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -194,7 +195,11 @@ def test_video_only_sample_round_trip(tmp_path):
 
 
 def test_meta_json_holds_the_documented_fields():
-    meta = json.loads(encode_sample(make_clip(persons=1, full=False))["meta.json"])
+    sample = encode_sample(make_clip(persons=1, full=False))
+    meta = json.loads(sample["meta.json"])
+    checksums = meta.pop("sha256")  # of every other member
+    assert sorted(checksums) == ["camera.npz", "smpl.npz", "video.mp4"]
+    assert checksums["video.mp4"] == hashlib.sha256(sample["video.mp4"]).hexdigest()
     assert meta == {
         "schema_version": 1,
         "fps": 25.0,

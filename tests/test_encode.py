@@ -15,6 +15,7 @@ from isa4d.data import Cameras, Clip, Reference, SMPLParams, decode_sample, shar
 from isa4d.data.latents import LATENT, LatentClipDecoder
 from isa4d.data.shards import read_manifest
 from isa4d.encode import encode, main
+from isa4d.errors import ConfigError
 from isa4d.models.vae import vae_tiny
 from isa4d.modules import VAEModule, load_vae
 from isa4d.utils.files import file_sha256
@@ -177,7 +178,7 @@ def test_encode_checks_inputs_before_loading_the_model(source, checkpoint, tmp_p
     cases = [
         ({"ckpt_path": tmp_path / "absent.ckpt"}, FileNotFoundError, "no such file"),
         ({"input_dir": tmp_path}, FileNotFoundError, "manifest.json"),
-        ({"splits": "[test]"}, KeyError, "test"),
+        ({"splits": "[test]"}, ConfigError, "test"),
         ({"output_dir": folder}, ValueError, "differ"),
         ({"num_versions": 0}, ValueError, "num_versions"),
         ({"control_videos": "[depth]"}, ValueError, "control_videos"),
@@ -188,7 +189,7 @@ def test_encode_checks_inputs_before_loading_the_model(source, checkpoint, tmp_p
             encode(encode_config(**{**good, **change}))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "train-000000.tar").write_bytes(b"")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(ConfigError, match="overwrite"):
         encode(encode_config(**good))
 
 

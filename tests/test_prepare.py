@@ -126,6 +126,7 @@ def test_prepare_writes_the_valid_clips_and_reports_the_others(tmp_path, capsys)
     assert "bad-nan:\n    - smpl.transl: contains NaN" in report
 
     assert sorted(path.name for path in out.iterdir()) == [
+        ".manifest.json.lock",  # the manifest's file lock (kept: removing it would race with waiters)
         "manifest.json",
         "train-000000.tar",
         "train-000001.tar",
@@ -178,7 +179,11 @@ def test_existing_shards_are_refused_unless_overwrite(tmp_path):
     prepare_folder(
         source, out, maxcount=10, overwrite=True, progress=False
     )  # one shard now: the stale one goes
-    assert sorted(path.name for path in out.iterdir()) == ["manifest.json", "train-000000.tar"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        ".manifest.json.lock",
+        "manifest.json",
+        "train-000000.tar",
+    ]
     assert read_manifest(out)["splits"]["train"]["shards"][0]["num_samples"] == 3
 
 

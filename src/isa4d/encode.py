@@ -22,6 +22,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,26 @@ from tqdm.auto import tqdm
 
 from isa4d.body import load_body_model
 from isa4d.callbacks.dit import to_device
+from isa4d.config import check_output_dir, option, require_dir, require_file
 from isa4d.data.datamodules import HumanClipDecoder, HumanVideoDataModule
 from isa4d.data.format import META
 from isa4d.data.latents import LATENT_DTYPES, LATENT_SCHEMA_VERSION, latent_sample, version_rng
 from isa4d.data.pipeline import SkipCounter, batch_by_shape, decode_samples
-from isa4d.data.shards import MANIFEST, check_writable, read_manifest, shard_paths, write_samples
+from isa4d.data.shards import (
+    MANIFEST,
+    check_writable,
+    read_manifest,
+    shard_paths,
+    update_manifest,
+    verify_shards,
+    write_samples,
+)
+from isa4d.errors import ConfigError, MissingFileError
 from isa4d.models.vae import VideoVAE
 from isa4d.modules.dit_batch import ConditionBuilder
 from isa4d.modules.vae_module import load_vae
 from isa4d.render import CONTROL_VIDEOS
-from isa4d.utils.files import file_sha256, write_json_atomic
+from isa4d.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -61,38 +72,41 @@ def check_inputs(cfg: DictConfig) -> tuple[Path, Path, Path, list[str]]:
         ckpt_path, input_dir, output_dir, the splits to encode.
 
     Raises:
-        FileNotFoundError: missing checkpoint or source manifest.
-        KeyError: a requested split the source does not have.
-        ValueError: bad options, or output_dir == input_dir.
-        FileExistsError: existing latent shards of a split without `overwrite`.
+        MissingFileError: missing checkpoint, input folder or source manifest.
+        ConfigError: a split the source does not have, a bad option, output_dir == input_dir, an
+            output_dir that cannot be written, or existing latent shards of a split without `overwrite`.
     """
-    ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt}: no such file (a VAEModule checkpoint, e.g. last.ckpt)")
-    source = Path(cfg.input_dir)
+    ckpt = require_file(cfg.ckpt_path, "ckpt_path")
+    source = require_dir(cfg.input_dir, "input_dir")
+    output = check_output_dir(cfg.output_dir, "output_dir")
+    if output.resolve() == source.resolve():
+        raise ConfigError("output_dir must differ from input_dir")
+    for key in ("num_versions", "batch_size", "shard_max_count"):
+        if option(cfg, key, int) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+    option(cfg, "shard_max_size", float)
+    option(cfg, "overwrite", bool)
+    unknown_controls = [kind for kind in option(cfg, "control_videos", list) if kind not in CONTROL_VIDEOS]
+    if unknown_controls:
+        raise ConfigError(f"control_videos: unknown {unknown_controls}; choose from {list(CONTROL_VIDEOS)}")
+    if cfg.dtype not in LATENT_DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(LATENT_DTYPES)}, got {cfg.dtype!r}")
     if not (source / MANIFEST).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"input_dir={source} has no {MANIFEST}: give a shard folder from `isa4d prepare` or `make data`"
         )
     available = sorted(read_manifest(source)["splits"])
-    splits = list(cfg.splits) if cfg.get("splits") else available
+    splits = list(option(cfg, "splits", list | None) or available)
     unknown = [split for split in splits if split not in available]
     if unknown:
-        raise KeyError(f"{source}/{MANIFEST} has no split(s) {unknown} (it has {available})")
-    output = Path(cfg.output_dir)
-    if output.resolve() == source.resolve():
-        raise ValueError("output_dir must differ from input_dir")
-    if cfg.num_versions < 1 or cfg.batch_size < 1:
-        raise ValueError(
-            f"num_versions and batch_size must be >= 1, got {cfg.num_versions}, {cfg.batch_size}"
+        raise ConfigError(
+            f"splits={splits}: {source}/{MANIFEST} has no split(s) {unknown} (it has {available})"
         )
-    unknown_controls = [kind for kind in cfg.control_videos if kind not in CONTROL_VIDEOS]
-    if unknown_controls:
-        raise ValueError(f"control_videos: unknown {unknown_controls}; choose from {list(CONTROL_VIDEOS)}")
-    if cfg.dtype not in LATENT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(LATENT_DTYPES)}, got {cfg.dtype!r}")
     for split in splits:
-        check_writable(output, split, cfg.overwrite)
+        try:
+            check_writable(output, split, cfg.overwrite)
+        except (FileExistsError, ValueError) as error:
+            raise ConfigError(f"output_dir={output}: {error}") from error
     return ckpt, source, output, splits
 
 
@@ -177,8 +191,49 @@ def write_split(
     }
 
 
-def _source_samples(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    yield from wds.WebDataset([str(path) for path in paths], shardshuffle=False, empty_check=False)
+def _source_samples(paths: list[Path], skips: SkipCounter) -> Iterator[dict[str, Any]]:
+    """The raw samples of the shards, in order; a shard that cannot be read is counted and passed over."""
+    yield from wds.WebDataset(
+        [str(path) for path in paths], shardshuffle=False, empty_check=False, handler=skips.read_error
+    )
+
+
+def _replaces_cache(manifest: dict[str, Any], info: dict[str, Any], path: Path, overwrite: bool) -> bool:
+    """Whether the output manifest's splits must go because its cache was made differently (`overwrite`).
+
+    Raises:
+        ConfigError: the output folder holds pixel shards, or latents made differently without `overwrite`.
+    """
+    if "schema_version" in manifest:
+        raise ConfigError(f"output_dir: {path} lists pixel shards; write the latents to another folder")
+    previous = {key: value for key, value in manifest.get("latents", {}).items() if key != "vae_ckpt"}
+    if not previous or previous == {key: value for key, value in info.items() if key != "vae_ckpt"}:
+        return False
+    if not overwrite:
+        raise ConfigError(
+            f"{path} holds latents made differently (another VAE, data settings or options); "
+            "write to another output_dir or pass overwrite=true"
+        )
+    return True
+
+
+def _add_split(
+    manifest: dict[str, Any],
+    *,
+    split: str,
+    entry: dict[str, Any],
+    info: dict[str, Any],
+    path: Path,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """`update_manifest` change: the latent manifest with `split`'s entry (the other splits are dropped
+    when their cache was made differently, with `overwrite`)."""
+    splits = {} if _replaces_cache(manifest, info, path, overwrite) else manifest.get("splits", {})
+    return {
+        "latent_schema_version": LATENT_SCHEMA_VERSION,
+        "latents": info,
+        "splits": {**splits, split: entry},
+    }
 
 
 def _device(name: str) -> torch.device:
@@ -218,31 +273,28 @@ def encode(cfg: DictConfig) -> dict[str, Any]:
     ckpt, source, output, splits = check_inputs(cfg)
     data = instantiate(cfg.data)
     if not isinstance(data, HumanVideoDataModule):
-        raise ValueError(f"data: the DiT's pixel data config (data=human), got {type(data).__name__}")
+        raise ConfigError(f"data: the DiT's pixel data config (data=human), got {type(data).__name__}")
+    if data.verify_checksums:
+        for split in splits:
+            verify_shards(source, split)
     device = _device(cfg.device)
     vae = load_vae(ckpt, map_location=device)  # as DiTModule loads it (EMA weights when present)
     builder = ConditionBuilder(vae, load_body_model(str(cfg.body.source))).to(device)
     info = latents_info(cfg, ckpt, source, data, vae)
     manifest_path = output / MANIFEST
-    manifest = read_manifest(output) if manifest_path.is_file() else {"splits": {}}
-    previous = {key: value for key, value in manifest.get("latents", {}).items() if key != "vae_ckpt"}
-    if previous and previous != {key: value for key, value in info.items() if key != "vae_ckpt"}:
-        if not cfg.overwrite:
-            raise ValueError(
-                f"{manifest_path} holds latents made differently (another VAE, data settings or options); "
-                "write to another output_dir or pass overwrite=true"
-            )
-        manifest = {"splits": {}}
+    manifest = read_manifest(output) if manifest_path.is_file() else {}
+    _replaces_cache(manifest, info, manifest_path, cfg.overwrite)  # refuse before any split is encoded
     if torch.all(vae.latent_scale == 1) and torch.all(vae.latent_shift == 0):
         log.warning("the VAE's latent statistics are the defaults (shift 0, scale 1): run LatentStatistics")
     totals = read_manifest(source)["splits"]
     for split in splits:
-        skips = SkipCounter(data.skips["train"].max_consecutive)
+        counter = data.skips["train"]
+        skips = SkipCounter(counter.max_consecutive, counter.max_fraction)
         raws = tqdm(
-            _source_samples(shard_paths(source, split)),
+            _source_samples(shard_paths(source, split), skips),
             desc=f"encoding {split}",
             unit="clip",
-            total=totals[split]["num_samples"],
+            total=totals[split].get("num_samples"),
         )
         samples = encode_versions(
             raws,
@@ -257,11 +309,15 @@ def encode(cfg: DictConfig) -> dict[str, Any]:
             skips=skips,
         )
         entry = write_split(samples, output, split, cfg.shard_max_count, cfg.shard_max_size, cfg.overwrite)
-        manifest["splits"][split] = {**entry, "skipped": skips.counts}
-        manifest["latents"] = info
-        manifest["latent_schema_version"] = LATENT_SCHEMA_VERSION
-        write_json_atomic(manifest_path, manifest)
+        entry["skipped"] = skips.counts
+
+        add = partial(
+            _add_split, split=split, entry=entry, info=info, path=manifest_path, overwrite=cfg.overwrite
+        )
+        manifest = update_manifest(output, add)
         log.info("wrote %d %r latent sample(s) to %s", entry["num_samples"], split, output)
+        if skips.total:
+            log.warning("%r: skipped %s (the warnings above name each sample)", split, skips.counts)
     return manifest
 
 
@@ -270,8 +326,10 @@ def main(cfg: DictConfig) -> None:
     log.debug("encode config:\n%s", OmegaConf.to_yaml(cfg))
     manifest = encode(cfg)
     for split, entry in manifest["splits"].items():
+        skipped = entry.get("skipped", {})
+        kinds = ", ".join(f"{kind} {count}" for kind, count in skipped.items())
         print(
             f"isa4d encode: {split}: {entry['num_samples']} sample(s) of {entry['num_clips']} clip(s) "
-            f"in {len(entry['shards'])} shard(s)"
+            f"in {len(entry['shards'])} shard(s); {sum(skipped.values())} skipped ({kinds})"
         )
     print(f"Latent shards: {cfg.output_dir}")

@@ -28,4 +28,15 @@ class MissingFileError(ISA4DError, FileNotFoundError):
     """A file or folder the user named does not exist."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "ISA4DError", "MissingFileError"]
+class OutputExistsError(ISA4DError, FileExistsError):
+    """An output would replace existing results that the user did not allow to be overwritten."""
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ISA4DError",
+    "MissingFileError",
+    "OutputExistsError",
+]

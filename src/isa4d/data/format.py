@@ -3,15 +3,17 @@
 A sample's members (WebDataset extensions) are `video.mp4` and `meta.json`, plus for annotated clips
 `smpl.npz` and `camera.npz`, and optionally `background.mp4`, `mask.mp4` and a reference frame
 (`ref.png`, `ref_smpl.npz`, `ref_camera.npz`). :class:`Clip` holds them decoded; :func:`encode_sample`
-and :func:`decode_sample` convert, and both run :func:`validate_clip`.
+and :func:`decode_sample` convert, and both run :func:`validate_clip`. `meta.json` also lists the SHA-256
+of every other member (`sha256`), so a corrupt member is refused even where its decoder sees nothing wrong.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -29,11 +31,17 @@ from isa4d.data.video_io import (
     read_mask_video,
     read_video,
 )
+from isa4d.errors import DataError
 
 SCHEMA_VERSION = 1
 """The schema version this code writes."""
 SUPPORTED_SCHEMA_VERSIONS: frozenset[int] = frozenset({1})
 """The schema versions this code reads."""
+LATENT_SCHEMA_VERSION = 2
+"""Version of the latent-shard format of `isa4d encode` (`latent_schema_version` in meta and manifest)."""
+MIN_FPS, MAX_FPS = 1e-3, 1000.0
+"""The frame rates a sample may have: the mp4 time base is `Fraction(fps).limit_denominator(1001)` (0 below
+1e-3), and libx264 videos above 1000 fps lose frames when decoded (measured)."""
 NUM_BETAS = 10
 BODY_POSE_DIM = 3 * (NUM_JOINTS - 1)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
@@ -44,12 +52,15 @@ SMPL, CAMERA = "smpl.npz", "camera.npz"
 BACKGROUND, MASK = "background.mp4", "mask.mp4"
 REF_IMAGE, REF_SMPL, REF_CAMERA = "ref.png", "ref_smpl.npz", "ref_camera.npz"
 REFERENCE_MEMBERS = (REF_IMAGE, REF_SMPL, REF_CAMERA)
+CHECKSUMS = "sha256"
+"""The `meta.json` key holding `{member: hex SHA-256}` of the sample's other members (written since the
+checksums were added; samples without it are read unverified)."""
 
 _ROTATION_TOLERANCE = 1e-3
 
 
-class InvalidSampleError(ValueError):
-    """A clip or sample that breaks the format.
+class InvalidSampleError(DataError):
+    """A clip or sample that breaks the format (a `DataError`, so also a `ValueError`).
 
     Attributes:
         key: the clip's key (or input folder name).
@@ -63,8 +74,9 @@ class InvalidSampleError(ValueError):
 
 
 def _as_float32(instance: object) -> None:
-    for item in fields(instance):
-        setattr(instance, item.name, np.asarray(getattr(instance, item.name), dtype=np.float32))
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: validation says so
+        for item in fields(instance):
+            setattr(instance, item.name, np.asarray(getattr(instance, item.name), dtype=np.float32))
 
 
 def _arrays(instance: object) -> dict[str, np.ndarray]:
@@ -113,8 +125,9 @@ class Cameras:
     image_size: np.ndarray
 
     def __post_init__(self) -> None:
-        self.K, self.R, self.t = (np.asarray(a, dtype=np.float32) for a in (self.K, self.R, self.t))
-        self.image_size = np.asarray(self.image_size, dtype=np.int64)
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values: validation says so
+            self.K, self.R, self.t = (np.asarray(a, dtype=np.float32) for a in (self.K, self.R, self.t))
+            self.image_size = np.asarray(self.image_size, dtype=np.int64)
 
 
 @dataclass(eq=False)  # holds arrays: compare fields with numpy
@@ -244,8 +257,20 @@ class Clip:
 # ---------------------------------------------------------------------------------------------- validation
 
 
+def fps_problem(fps: object) -> str | None:
+    """Why `fps` is not a usable frame rate (a finite number in [MIN_FPS, MAX_FPS]), or None if it is."""
+    if isinstance(fps, bool) or not isinstance(fps, int | float):
+        return f"{reprlib.repr(fps)} is not a number"
+    try:
+        if MIN_FPS <= float(fps) <= MAX_FPS:  # NaN compares False
+            return None
+    except OverflowError:  # an integer beyond any float
+        pass
+    return f"{reprlib.repr(fps)} must be a positive number, a frame rate in [{MIN_FPS:g}, {MAX_FPS:g}]"
+
+
 def _schema_problem(version: object) -> str | None:
-    if version in SUPPORTED_SCHEMA_VERSIONS and isinstance(version, int):
+    if type(version) is int and version in SUPPORTED_SCHEMA_VERSIONS:  # not bool, nor unhashable JSON
         return None
     supported = sorted(SUPPORTED_SCHEMA_VERSIONS)
     return f"meta.schema_version: {version!r} is not supported (this isa4d reads {supported})"
@@ -371,18 +396,22 @@ def _validate_meta(problems: list[str], meta: ClipMeta) -> bool:
         )
     if wrong:
         return False
-    if not (math.isfinite(meta.fps) and meta.fps > 0):
-        problems.append(f"meta.fps: {meta.fps} must be a positive number")
+    problem = fps_problem(meta.fps)
+    if problem:
+        problems.append(f"meta.fps: {problem}")
+    for name in ("num_frames", "height", "width"):
+        if getattr(meta, name) < 1:
+            problems.append(f"meta.{name}: {reprlib.repr(getattr(meta, name))} must be >= 1")
     if meta.num_persons < 0:
         problems.append(f"meta.num_persons: {meta.num_persons} must be >= 0")
     if not NAME_PATTERN.fullmatch(meta.split):
         problems.append(f"meta.split: {meta.split!r} must be letters, digits, '_' or '-'")
-    clashes = sorted(set(META_FIELDS) & meta.extra.keys())
+    clashes = sorted({*META_FIELDS, CHECKSUMS} & meta.extra.keys())
     if clashes:
         problems.append(f"meta.extra: keys {clashes} are reserved for the standard fields")
     try:
         json.dumps(meta.extra)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RecursionError) as err:
         problems.append(f"meta.extra: not JSON-serialisable ({err})")
     return True
 
@@ -459,13 +488,18 @@ def load_npz(data: bytes, keys: Sequence[str], optional: Sequence[str] = ()) -> 
     """Read the arrays `keys`, and those of `optional` that are present, from an `.npz` (pickles refused).
 
     Raises:
-        ValueError: if some `keys` are missing (all are named) or the bytes are not an `.npz`.
+        ValueError: if some `keys` are missing (all are named), an array is not of real numbers (complex,
+            text), or the bytes are not an `.npz`.
     """
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         missing = [key for key in keys if key not in archive.files]
         if missing:
             raise ValueError(f"missing arrays {missing} (it has {archive.files})")
-        return {key: archive[key] for key in (*keys, *optional) if key in archive.files}
+        arrays = {key: archive[key] for key in (*keys, *optional) if key in archive.files}
+    wrong = {key: str(array.dtype) for key, array in arrays.items() if array.dtype.kind not in "biuf"}
+    if wrong:  # complex or string arrays would be cast to floats (imaginary parts dropped, text parsed)
+        raise ValueError(f"arrays {wrong} must hold real numbers")
+    return arrays
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -497,6 +531,72 @@ def decode_camera(data: bytes) -> Cameras:
     return Cameras(**load_npz(data, CAMERA_KEYS))
 
 
+def sample_key(sample: Mapping[str, Any]) -> str:
+    """A raw sample's `__key__` (for messages)."""
+    return str(sample.get("__key__", "<no __key__>"))
+
+
+def member_checksums(sample: Mapping[str, Any]) -> dict[str, str]:
+    """`{member: hex SHA-256}` of a sample's members (bytes), except `meta.json` and the `__` fields."""
+    return {
+        name: hashlib.sha256(data).hexdigest()
+        for name, data in sorted(sample.items())
+        if name != META and not name.startswith("__")
+    }
+
+
+def checksum_problems(sample: Mapping[str, Any], checksums: object) -> list[str]:
+    """The members of `sample` that differ from (or lack) the digests `meta.json` lists under `sha256`.
+
+    Args:
+        sample: the raw sample (member bytes).
+        checksums: the value of `meta.json`'s `sha256` key; None (samples written before the checksums)
+            checks nothing.
+
+    Returns:
+        One problem per corrupt or missing member (a flipped bit anywhere in it is caught).
+    """
+    if checksums is None:
+        return []
+    if not (isinstance(checksums, dict) and all(isinstance(v, str) for v in checksums.values())):
+        return [f"{META}: {CHECKSUMS} must map member names to hex SHA-256 digests"]
+    problems = []
+    for name, digest in sorted(checksums.items()):
+        data = sample.get(name)
+        if data is None:
+            problems.append(f"{name}: missing, but listed in {META} {CHECKSUMS}")
+        elif not isinstance(data, bytes) or hashlib.sha256(data).hexdigest() != digest.lower():
+            problems.append(f"{name}: SHA-256 differs from the one in {META} (the member is corrupt)")
+    return problems
+
+
+def read_sample_meta(sample: Mapping[str, Any]) -> tuple[ClipMeta, list[str]]:
+    """The `meta.json` of a raw sample, and the checksum problems of its other members.
+
+    Decoders go on after checksum problems (so every reason is reported) and raise at the end.
+
+    Raises:
+        InvalidSampleError: `video.mp4` or `meta.json` missing, `meta.json` not a JSON object with the
+            standard keys, or an unsupported schema version.
+    """
+    key = sample_key(sample)
+    missing = [member for member in (META, VIDEO) if member not in sample]
+    if missing:
+        raise InvalidSampleError(key, [f"{member}: missing" for member in missing])
+    try:
+        data = json.loads(sample[META])
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object is needed, not {type(data).__name__}")
+        checksums = data.pop(CHECKSUMS, None)
+        meta = ClipMeta.from_dict(data)
+    except (ValueError, TypeError, RecursionError) as err:  # bad UTF-8 or JSON, not an object, missing keys
+        raise InvalidSampleError(key, [f"{META}: cannot decode ({type(err).__name__}: {err})"]) from err
+    schema = _schema_problem(meta.schema_version)
+    if schema:
+        raise InvalidSampleError(key, [schema])
+    return meta, checksum_problems(sample, checksums)
+
+
 def encode_sample(clip: Clip, crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET) -> dict[str, Any]:
     """Encode a clip as a WebDataset sample, after validating it.
 
@@ -516,11 +616,7 @@ def encode_sample(clip: Clip, crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRES
     if problems:
         raise InvalidSampleError(clip.key, problems)
     fps = clip.meta.fps
-    sample: dict[str, Any] = {
-        "__key__": clip.key,
-        META: json.dumps(clip.meta.to_dict(), indent=1, sort_keys=True).encode(),
-        VIDEO: encode_video(clip.video, fps, crf, preset),
-    }
+    sample: dict[str, Any] = {"__key__": clip.key, VIDEO: encode_video(clip.video, fps, crf, preset)}
     if clip.smpl is not None and clip.camera is not None:
         sample[SMPL] = npz_bytes(_arrays(clip.smpl))
         sample[CAMERA] = npz_bytes(_arrays(clip.camera))
@@ -532,10 +628,45 @@ def encode_sample(clip: Clip, crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRES
         sample[REF_IMAGE] = png_bytes(clip.reference.image)
         sample[REF_SMPL] = npz_bytes(_arrays(clip.reference.smpl))
         sample[REF_CAMERA] = npz_bytes(_arrays(clip.reference.camera))
+    meta = {**clip.meta.to_dict(), CHECKSUMS: member_checksums(sample)}
+    sample[META] = json.dumps(meta, indent=1, sort_keys=True).encode()
     return sample
 
 
 _T = TypeVar("_T")
+
+
+def decode_member(
+    sample: Mapping[str, Any], name: str, decode: Callable[[bytes], _T], problems: list[str]
+) -> _T | None:
+    """`decode(sample[name])`, or None if the member is absent or cannot be decoded (the reason is
+    appended to `problems`)."""
+    if name not in sample:
+        return None
+    try:
+        return decode(sample[name])
+    except Exception as err:  # undecodable bytes raise codec-, zip-, json- and image-specific errors alike
+        problems.append(f"{name}: cannot decode ({type(err).__name__}: {err})")
+        return None
+
+
+def decode_annotations(
+    sample: Mapping[str, Any], problems: list[str]
+) -> tuple[SMPLParams | None, Cameras | None, Reference | None]:
+    """`smpl.npz`, `camera.npz` and the reference (all three members, or none) of a raw sample, each None
+    when absent or undecodable (the reasons are appended to `problems`)."""
+    smpl = decode_member(sample, SMPL, decode_smpl, problems)
+    camera = decode_member(sample, CAMERA, decode_camera, problems)
+    present = [name for name in REFERENCE_MEMBERS if name in sample]
+    if present and len(present) < len(REFERENCE_MEMBERS):
+        problems.append(f"{', '.join(REFERENCE_MEMBERS)}: a reference needs all three, found only {present}")
+    parts = (
+        decode_member(sample, REF_IMAGE, decode_png, problems),
+        decode_member(sample, REF_SMPL, decode_smpl, problems),
+        decode_member(sample, REF_CAMERA, decode_camera, problems),
+    )
+    reference = Reference(*parts) if all(part is not None for part in parts) else None
+    return smpl, camera, reference
 
 
 def decode_sample(sample: Mapping[str, Any]) -> Clip:
@@ -548,46 +679,21 @@ def decode_sample(sample: Mapping[str, Any]) -> Clip:
         The clip, every frame decoded.
 
     Raises:
-        InvalidSampleError: if a member is missing or cannot be decoded, the schema version is not
-            supported, or :func:`validate_clip` finds problems.
+        InvalidSampleError: if a member is missing, corrupt (its SHA-256 in `meta.json`) or cannot be
+            decoded (decoder errors, fewer frames than the container says), the schema version is not
+            supported, or :func:`validate_clip` finds problems. Nothing else, whatever the bytes.
     """
-    key = str(sample.get("__key__", "<no __key__>"))
-    missing = [member for member in (META, VIDEO) if member not in sample]
-    if missing:
-        raise InvalidSampleError(key, [f"{member}: missing" for member in missing])
-    try:
-        meta = ClipMeta.from_dict(json.loads(sample[META]))
-    except (ValueError, TypeError, AttributeError) as err:
-        raise InvalidSampleError(key, [f"{META}: cannot decode ({err})"]) from err
-    schema = _schema_problem(meta.schema_version)
-    if schema:
-        raise InvalidSampleError(key, [schema])
-
+    key = sample_key(sample)
+    meta, corrupt = read_sample_meta(sample)
     problems: list[str] = []
-
-    def member(name: str, decode: Callable[[bytes], _T]) -> _T | None:
-        if name not in sample:
-            return None
-        try:
-            return decode(sample[name])
-        except Exception as err:  # undecodable bytes raise codec-, zip- and image-specific errors alike
-            problems.append(f"{name}: cannot decode ({type(err).__name__}: {err})")
-            return None
-
-    video = member(VIDEO, read_video)
-    smpl = member(SMPL, decode_smpl)
-    camera = member(CAMERA, decode_camera)
-    background = member(BACKGROUND, read_video)
-    mask = member(MASK, read_mask_video)
-    present = [name for name in REFERENCE_MEMBERS if name in sample]
-    if present and len(present) < len(REFERENCE_MEMBERS):
-        problems.append(f"{', '.join(REFERENCE_MEMBERS)}: a reference needs all three, found only {present}")
-    parts = (member(REF_IMAGE, decode_png), member(REF_SMPL, decode_smpl), member(REF_CAMERA, decode_camera))
+    video = decode_member(sample, VIDEO, read_video, problems)
+    background = decode_member(sample, BACKGROUND, read_video, problems)
+    mask = decode_member(sample, MASK, read_mask_video, problems)
+    smpl, camera, reference = decode_annotations(sample, problems)
     if problems or video is None:
-        raise InvalidSampleError(key, problems)
-    reference = Reference(*parts) if all(part is not None for part in parts) else None
+        raise InvalidSampleError(key, corrupt + problems)
     clip = Clip(key, video, meta, smpl, camera, background, mask, reference)
-    problems = validate_clip(clip)
+    problems = corrupt + validate_clip(clip)
     if problems:
         raise InvalidSampleError(key, problems)
     return clip

@@ -15,7 +15,8 @@ A latent sample (key `<clip key>-vNNN`) has these members:
 * `control_<kind>_latent.npy`: `(C, T', h, w)`, one per cached control video kind (`normal`, `body`);
 * `conditions.npz`: `smpl.*` (real persons only), `K`, `R`, `t` (of the output frames), `ref_image`
   `(3, H, W)` uint8, `ref_smpl.*`, `ref_K`, `ref_R`, `ref_t`, `has_background`, `has_reference`, `aug.*`;
-* `meta.json`: `latent_schema_version`, `key` (the source clip), `version`, `num_persons`, `latent_shape`.
+* `meta.json`: `latent_schema_version`, `key` (the source clip), `version`, `num_persons`, `latent_shape`,
+  `sha256` (of every other member: a corrupt member is refused).
 
 The folder's `manifest.json` records how the cache was made (:func:`check_latent_cache` refuses a cache
 of another VAE checkpoint, resolution or frame count).
@@ -35,14 +36,23 @@ import torch
 
 from isa4d.data.augment import UnusableClipError, sample_rng
 from isa4d.data.datamodules import HumanClipDecoder, HumanVideoDataModule, smpl_tensors
-from isa4d.data.format import META, InvalidSampleError, SMPLParams, npz_bytes
-from isa4d.data.shards import read_manifest
+from isa4d.data.format import (
+    CHECKSUMS,
+    LATENT_SCHEMA_VERSION,
+    META,
+    InvalidSampleError,
+    SMPLParams,
+    checksum_problems,
+    member_checksums,
+    npz_bytes,
+    sample_key,
+)
+from isa4d.data.shards import MANIFEST, read_manifest
+from isa4d.errors import DataError
 from isa4d.utils.files import file_sha256
 
 log = logging.getLogger(__name__)
 
-LATENT_SCHEMA_VERSION = 2
-"""Version of the latent-shard format (`latent_schema_version` in meta and manifest)."""
 LATENT, BACKGROUND_LATENT, REF_LATENT = "latent.npy", "background_latent.npy", "ref_latent.npy"
 CONDITIONS = "conditions.npz"
 LATENT_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -136,12 +146,46 @@ def latent_sample(
         "version": version,
         "num_persons": persons,
         "latent_shape": list(latent.shape),
+        CHECKSUMS: member_checksums(sample),
     }
     sample[META] = json.dumps(meta, indent=1, sort_keys=True).encode()
     return sample
 
 
 # ---------------------------------------------------------------------------------------------- reading
+
+
+def _latent_meta(key: str, data: bytes) -> dict[str, Any]:
+    """A latent sample's `meta.json`, checked (schema, `key`, `version`, `num_persons`).
+
+    Raises:
+        InvalidSampleError: naming what is wrong.
+    """
+    try:
+        meta = json.loads(data)
+    except (ValueError, TypeError, RecursionError) as err:  # bad UTF-8 or JSON
+        raise InvalidSampleError(key, [f"{META}: cannot decode ({type(err).__name__}: {err})"]) from err
+    if not isinstance(meta, dict):
+        raise InvalidSampleError(key, [f"{META}: must hold a JSON object, not {type(meta).__name__}"])
+    version = meta.get("latent_schema_version")
+    if version != LATENT_SCHEMA_VERSION or type(version) is not int:
+        raise InvalidSampleError(
+            key,
+            [
+                f"{META}: latent_schema_version {version!r} is not supported (this isa4d reads "
+                f"{LATENT_SCHEMA_VERSION}); rebuild the cache with `isa4d encode`"
+            ],
+        )
+    kinds = {"key": str, "version": int, "num_persons": int}
+    wrong = [
+        name
+        for name, kind in kinds.items()
+        if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool)
+    ]
+    wrong += [name for name in ("version", "num_persons") if name not in wrong and meta[name] < 0]
+    if wrong:
+        raise InvalidSampleError(key, [f"{META}: {name} {meta.get(name)!r} is not valid" for name in wrong])
+    return meta
 
 
 class LatentClipDecoder:
@@ -156,31 +200,40 @@ class LatentClipDecoder:
         self.max_persons, self.control_video = max_persons, control_video
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
-        key = str(sample.get("__key__"))
+        """Decode a raw latent sample.
+
+        Raises:
+            InvalidSampleError: missing, corrupt (SHA-256 in `meta.json`) or undecodable members, or a
+                `meta.json` of another latent schema (nothing else, whatever the bytes).
+            UnusableClipError: more persons than `max_persons`.
+        """
+        key = sample_key(sample)
         controls = [] if self.control_video is None else [control_member(self.control_video)]
         arrays = [LATENT, BACKGROUND_LATENT, REF_LATENT, *controls]
         missing = [name for name in (META, CONDITIONS, *arrays) if name not in sample]
         if missing:
             raise InvalidSampleError(key, [f"{name}: missing" for name in missing])
-        meta = json.loads(sample[META])
-        if meta.get("latent_schema_version") != LATENT_SCHEMA_VERSION:
-            raise InvalidSampleError(key, [f"latent_schema_version {meta.get('latent_schema_version')}"])
-        persons = int(meta["num_persons"])
+        meta = _latent_meta(key, sample[META])
+        problems = checksum_problems(sample, meta.get(CHECKSUMS))
+        if problems:
+            raise InvalidSampleError(key, problems)
+        persons = meta["num_persons"]
         if persons > self.max_persons:
             raise UnusableClipError(f"{persons} persons, more than max_persons = {self.max_persons}")
-        latents = {
-            name: torch.from_numpy(np.load(io.BytesIO(sample[name]), allow_pickle=False)).float()
-            for name in arrays
-        }
-        with np.load(io.BytesIO(sample[CONDITIONS]), allow_pickle=False) as archive:
-            conditions = _unflatten({name: archive[name] for name in archive.files})
         try:
+            latents = {
+                name: torch.from_numpy(np.load(io.BytesIO(sample[name]), allow_pickle=False)).float()
+                for name in arrays
+            }
+            with np.load(io.BytesIO(sample[CONDITIONS]), allow_pickle=False) as archive:
+                conditions = _unflatten({name: archive[name] for name in archive.files})
             out = self._conditions(conditions, persons)
-        except KeyError as err:
-            raise InvalidSampleError(key, [f"{CONDITIONS}: missing {err}"]) from err
+            version = torch.tensor(meta["version"])
+        except Exception as err:  # undecodable bytes raise npy-, zip- and shape-specific errors alike
+            raise InvalidSampleError(key, [f"cannot decode ({type(err).__name__}: {err})"]) from err
         out.update(
             key=meta["key"],
-            version=torch.tensor(int(meta["version"])),
+            version=version,
             latent=latents[LATENT],
             background_latent=latents[BACKGROUND_LATENT],
             ref_latent=latents[REF_LATENT],
@@ -199,6 +252,17 @@ class LatentClipDecoder:
             "ref_image": torch.from_numpy(arrays["ref_image"]).float().mul_(2 / 255).sub_(1),
             "aug": {name: torch.from_numpy(value) for name, value in arrays["aug"].items()},
         }
+
+
+LATENTS_FIELDS: dict[str, type] = {
+    "vae_sha256": str,
+    "vae_ckpt": str,
+    "resolution": list,
+    "num_frames": int,
+    "control_videos": list,
+    "body_source": str,
+}
+"""The fields of a latent manifest's `latents` block that :func:`check_latent_cache` compares."""
 
 
 def check_latent_cache(
@@ -224,15 +288,24 @@ def check_latent_cache(
         The manifest's `latents` block.
 
     Raises:
-        ValueError: not a latent cache of this schema, or one made with another VAE checkpoint,
-            resolution, frame count, without the control video, or with another body model for it.
+        DataError: not a latent cache of this schema, a malformed `latents` block (named), or a cache
+            made with another VAE checkpoint, resolution, frame count, without the control video, or with
+            another body model for it.
     """
     manifest = read_manifest(folder)
-    info = manifest.get("latents", {})
-    if info.get("latent_schema_version") != LATENT_SCHEMA_VERSION:
-        raise ValueError(
-            f"{folder} is not a latent cache of schema {LATENT_SCHEMA_VERSION} (found "
-            f"{info.get('latent_schema_version')}): build it with `isa4d encode` (or `make train-dit`)"
+    info = manifest.get("latents")
+    path = Path(folder) / MANIFEST
+    if not isinstance(info, dict) or info.get("latent_schema_version") != LATENT_SCHEMA_VERSION:
+        found = info.get("latent_schema_version") if isinstance(info, dict) else None
+        raise DataError(
+            f"{folder} is not a latent cache of schema {LATENT_SCHEMA_VERSION} (found {found}): build it "
+            "with `isa4d encode` (or `make train-dit`)"
+        )
+    wrong = [name for name, kind in LATENTS_FIELDS.items() if not isinstance(info.get(name), kind)]
+    if wrong:
+        raise DataError(
+            f"{path}: latents.{wrong[0]} is missing or malformed ({info.get(wrong[0])!r}); rebuild the cache "
+            "with `isa4d encode` (or `make train-dit`)"
         )
     problems = []
     if info["vae_sha256"] != vae_sha256:
@@ -250,7 +323,7 @@ def check_latent_cache(
                 f"control videos rendered with body {info['body_source']!r}, configured {body_source!r}"
             )
     if problems:
-        raise ValueError(
+        raise DataError(
             f"the latent cache {folder} was made differently: {'; '.join(problems)}. Rebuild it with "
             "`isa4d encode` (the DiT's VAE checkpoint, data settings and control_videos) or `make train-dit`"
         )

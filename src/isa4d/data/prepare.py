@@ -8,8 +8,9 @@ skipped. The valid ones are then read again and written, split by split, with
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,12 +33,19 @@ from isa4d.data.format import (
     Reference,
     SMPLParams,
     decode_png,
+    fps_problem,
     load_npz,
     validate_clip,
 )
 from isa4d.data.shards import check_writable, write_shards
 from isa4d.data.video_io import DEFAULT_CRF, DEFAULT_PRESET, read_mask_video, read_video, video_info
+from isa4d.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
+MIN_CLIP_FRAMES = 2
+"""Frames a clip folder's video needs: a clip is motion (a single image is not one; the training streams
+read single frames of clips themselves, and resample clips of any length >= 2 by speed adjustment)."""
 INPUT_META_KEYS = ("fps", "source", "licence", "split", "num_persons")
 """The `meta.json` keys of a clip folder that set the sample's metadata; other keys are kept as extras."""
 _COMPUTED_META_KEYS = ("schema_version", "num_frames", "height", "width")
@@ -130,7 +138,9 @@ def load_clip_folder(folder: str | Path, defaults: ClipDefaults | None = None) -
         The clip.
 
     Raises:
-        InvalidSampleError: with every problem found (unreadable or missing files, format violations).
+        InvalidSampleError: with every problem found (unreadable or missing files, fewer than
+            `MIN_CLIP_FRAMES` frames, an fps that is not a positive number, format violations); nothing
+            else, whatever the files hold.
     """
     folder = Path(folder)
     defaults = defaults or ClipDefaults()
@@ -165,9 +175,19 @@ def load_clip_folder(folder: str | Path, defaults: ClipDefaults | None = None) -
     if video is None:
         raise InvalidSampleError(folder.name, problems)
     frames, height, width = video.shape[:3]
-    fps = info.get("fps") or read(video_path, lambda path: video_info(path).fps) or defaults.fps
-    if not fps:
-        problems.append(f"fps: neither meta.json nor {video_path.name} gives a frame rate; set fps_default")
+    if frames < MIN_CLIP_FRAMES:
+        problems.append(
+            f"{video_path.name}: {frames} frame(s); a clip needs at least {MIN_CLIP_FRAMES} (a single "
+            "image is not a clip)"
+        )
+    if "fps" in info:  # as given: 0, NaN or a string is refused by the validation, never replaced
+        fps = info["fps"]
+    else:
+        fps = read(video_path, lambda path: video_info(path).fps) or defaults.fps
+        if not fps:
+            problems.append(
+                f"fps: neither meta.json nor {video_path.name} gives a frame rate; set fps_default"
+            )
 
     background_path, mask_path = optional_file("background"), optional_file("mask")
     background = read(background_path, read_video) if background_path else None
@@ -245,10 +265,15 @@ def prepare_folder(
         The manifest and the written and rejected clips.
 
     Raises:
+        ConfigError: `defaults.fps` (`fps_default`) not a frame rate.
         NoValidClipsError: if no clip folder is valid.
         FileExistsError: if a split to write already has shards and `overwrite` is false (checked before
             anything is written).
     """
+    defaults = defaults or ClipDefaults()
+    problem = None if defaults.fps is None else fps_problem(defaults.fps)
+    if problem:
+        raise ConfigError(f"fps_default: {problem} (or null: clips without a frame rate are rejected)")
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise NoValidClipsError(f"input_dir {input_dir} is not a folder")
@@ -270,7 +295,7 @@ def prepare_folder(
         check_writable(output_dir, split, overwrite)
     manifest: dict[str, Any] = {}
     for split, split_folders in by_split.items():
-        clips = (load_clip_folder(folder, defaults) for folder in split_folders)
+        clips = _read_again(split_folders, defaults, rejected)
         manifest = write_shards(
             clips,
             output_dir,
@@ -285,8 +310,24 @@ def prepare_folder(
         entry = manifest["splits"][split]
         samples, shards = entry["num_samples"], len(entry["shards"])
         print(f"isa4d prepare: wrote {samples} {split!r} sample(s) in {shards} shard(s) to {output_dir}")
-    written = {split: [folder.name for folder in split_folders] for split, split_folders in by_split.items()}
+    written = {
+        split: [folder.name for folder in split_folders if folder.name not in rejected]
+        for split, split_folders in by_split.items()
+    }
     return PrepareResult(manifest, written, rejected)
+
+
+def _read_again(
+    folders: list[Path], defaults: ClipDefaults, rejected: dict[str, list[str]]
+) -> Iterator[Clip]:
+    """The clips of folders validated before; one that changed since and fails now is skipped (and added
+    to `rejected`) rather than failing its split."""
+    for folder in folders:
+        try:
+            yield load_clip_folder(folder, defaults)
+        except InvalidSampleError as err:
+            log.warning("isa4d prepare: %s changed since it was validated and is skipped: %s", folder, err)
+            rejected[folder.name] = err.reasons
 
 
 def main(cfg: DictConfig) -> None:

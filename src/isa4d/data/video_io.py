@@ -5,6 +5,10 @@ also the matrix used to convert RGB to YUV and back, so frames survive a round t
 Where the PyAV build lacks `libx264`, `mpeg4` (Part 2, fixed quantiser) is used instead. yuv420p needs
 an even height and width: odd sizes are refused, never padded (padding would change `image_size` and `K`).
 
+Decoding is strict: a bitstream error raises (`err_detect=explode`) instead of being concealed, and
+the container's frame count can be checked against the sample's. (Half of all single-bit flips in an
+H.264 stream still decode without any error: shard members are also checked by SHA-256, see format.py.)
+
 Person masks are label maps `(T, H, W)` uint8 stored losslessly: H.264 in its lossless mode (`qp=0`)
 on a grey (luma-only) picture, or FFV1 where `libx264` is missing. They are read back from the luma
 plane without any colour conversion, so labels come back exactly.
@@ -180,7 +184,10 @@ def _decode(
     frame_indices: Sequence[int] | None,
     convert: Callable[[av.VideoFrame], np.ndarray],
     channels: tuple[int, ...],
+    num_frames: int | None,
 ) -> np.ndarray:
+    """Decode strictly: a bitstream error raises instead of being concealed; the container's frame count
+    (where it lists one) must be `num_frames` (where given)."""
     wanted = None if frame_indices is None else set(frame_indices)
     if wanted is not None and any(index < 0 for index in wanted):
         raise IndexError(f"frame indices must be >= 0, got {sorted(wanted)}")
@@ -188,6 +195,10 @@ def _decode(
     decoded: dict[int, np.ndarray] = {}
     with _open(src) as container:
         stream = container.streams.video[0]
+        listed = stream.frames  # 0 where the container does not say
+        if num_frames is not None and listed and listed != num_frames:
+            raise ValueError(f"the container lists {listed} frames, but the sample has {num_frames}")
+        stream.codec_context.options = {"err_detect": "explode"}
         size = (stream.height, stream.width, *channels)
         count = 0
         for count, frame in enumerate(container.decode(stream), start=1):
@@ -205,22 +216,29 @@ def _decode(
     return np.stack([decoded[index] for index in order])
 
 
-def read_video(src: VideoSource, frame_indices: Sequence[int] | None = None) -> np.ndarray:
-    """Decode RGB frames.
+def read_video(
+    src: VideoSource, frame_indices: Sequence[int] | None = None, num_frames: int | None = None
+) -> np.ndarray:
+    """Decode RGB frames, strictly (a corrupt stream raises rather than decoding to garbage).
 
     Frames are decoded in order up to the last one asked for; only those asked for are converted to RGB.
+    Decoder errors raise (`err_detect=explode`) instead of being concealed.
 
     Args:
         src: mp4 bytes or a path to any video PyAV reads.
         frame_indices: frames to return, in this order (repeats allowed); None for all.
+        num_frames: the frame count the video must have (e.g. its sample's `meta.json`); checked against
+            the container's count without decoding. None: not checked.
 
     Returns:
         `(N, H, W, 3)` uint8.
 
     Raises:
         IndexError: if an index is negative or beyond the last frame.
+        ValueError: if the container lists another frame count than `num_frames`.
+        av.FFmpegError: on a decoder error (a corrupt stream).
     """
-    return _decode(src, frame_indices, lambda frame: frame.to_ndarray(format="rgb24"), (3,))
+    return _decode(src, frame_indices, lambda frame: frame.to_ndarray(format="rgb24"), (3,), num_frames)
 
 
 def _luma(frame: av.VideoFrame) -> np.ndarray:
@@ -231,14 +249,16 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width].copy()
 
 
-def read_mask_video(src: VideoSource, frame_indices: Sequence[int] | None = None) -> np.ndarray:
-    """Decode a label-map video's luma plane (exact for lossless grey/YUV videos).
+def read_mask_video(
+    src: VideoSource, frame_indices: Sequence[int] | None = None, num_frames: int | None = None
+) -> np.ndarray:
+    """Decode a label-map video's luma plane (exact for lossless grey/YUV videos), strictly.
 
     Args:
         src: mp4 bytes or a path to any 8-bit grey or YUV video PyAV reads.
-        frame_indices: as for :func:`read_video`.
+        frame_indices, num_frames: as for :func:`read_video`.
 
     Returns:
         `(N, H, W)` uint8.
     """
-    return _decode(src, frame_indices, _luma, ())
+    return _decode(src, frame_indices, _luma, (), num_frames)
