@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 from isa4d.callbacks.vae import _VAEDiagnostic, write_video
 from isa4d.diffusion import sample_long
@@ -164,6 +165,16 @@ class DiTSamples(_VAEDiagnostic):
         )
         return pl_module.builder.decode(z)
 
+    def _maybe_run(self, trainer: L.Trainer, pl_module: DiTModule) -> None:
+        """Under FSDP (`trainer=fsdp`) every rank runs the sharded DiT's forwards, all on rank 0's clips
+        (rank 0 alone would wait for the others forever); rank 0 writes the video."""
+        if not isinstance(pl_module.dit, FSDPModule):
+            super()._maybe_run(trainer, pl_module)
+            return
+        self.samples = trainer.strategy.broadcast(self.samples, src=0)
+        with self.evaluating(trainer, pl_module):
+            self.run(trainer, pl_module)
+
     def run(self, trainer: L.Trainer, pl_module: DiTModule) -> None:
         if not self.samples:
             log.warning("DiTSamples: no validation clips seen yet; skipped")
@@ -179,7 +190,8 @@ class DiTSamples(_VAEDiagnostic):
             )
             rows.append(np.concatenate([real, fake, overlay], axis=2))  # (T, H, 3W, 3)
         path = self.output_dir(trainer) / f"step{trainer.global_step:07d}.mp4"
-        write_video(trainer, np.concatenate(rows, axis=1), path, self.fps, self.crf, "val/samples")
+        if trainer.is_global_zero:
+            write_video(trainer, np.concatenate(rows, axis=1), path, self.fps, self.crf, "val/samples")
         self.last_path = path
 
 

@@ -10,11 +10,13 @@ Both read shard folders written by `write_shards` (`make data`, `isa4d prepare`)
 :func:`isa4d.data.pipeline.make_webdataset`: training resamples shards forever and cuts epochs of
 about `epoch_size` clips; validation reads each shard once, in order, without augmentation, so it is
 the same every time. Skipped samples are counted in :attr:`ShardDataModule.skips` and logged by
-:class:`SkippedSamplesLogger`.
+:class:`SkippedSamplesLogger`. The training stream is a function of `(seed, epoch, rank, worker)`; its
+position is saved in checkpoints (`state_dict`), and a resumed run continues it exactly.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,7 +26,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import webdataset as wds
 from einops import rearrange
 from torch.utils.data import DataLoader
 
@@ -38,8 +39,17 @@ from isa4d.data.augment import (
     sample_rng,
 )
 from isa4d.data.format import SMPL_PARAM_KEYS, Clip, Reference, SMPLParams
-from isa4d.data.pipeline import SkipCounter, decode_window, make_webdataset, read_header
-from isa4d.data.shards import MANIFEST, read_manifest, shard_paths
+from isa4d.data.pipeline import (
+    SAMPLE_SEED,
+    SeededStream,
+    SkipCounter,
+    decode_window,
+    make_webdataset,
+    read_header,
+)
+from isa4d.data.shards import MANIFEST, read_manifest, shard_paths, verify_shards
+
+log = logging.getLogger(__name__)
 
 Size = tuple[int, int]
 
@@ -51,13 +61,16 @@ warnings.filterwarnings("ignore", "Your `IterableDataset` has `__len__` defined"
 # ---------------------------------------------------------------------------------------------- sources
 
 
-def resolve_sources(dirs: Sequence[str | Path], splits: Sequence[str], role: str) -> list[list[str]]:
+def resolve_sources(
+    dirs: Sequence[str | Path], splits: Sequence[str], role: str, verify: bool = False
+) -> list[list[str]]:
     """The shard paths of every data folder: those of each of `splits` that its manifest lists.
 
     Args:
         dirs: dataset folders (each with a `manifest.json`).
         splits: split names to use; a folder may lack some, but not all, of them.
         role: `train` or `val`, for the error messages (they name the `data.<role>_dirs` key).
+        verify: check every shard's size and SHA-256 against the manifest (`data.verify_checksums`).
 
     Returns:
         One list of shard paths per folder.
@@ -66,6 +79,7 @@ def resolve_sources(dirs: Sequence[str | Path], splits: Sequence[str], role: str
         FileNotFoundError: a folder without `manifest.json` (nothing written there), or shards that the
             manifest lists but that are missing.
         ValueError: a folder with none of `splits`.
+        DataError: a manifest `read_manifest` refuses, or (with `verify`) a corrupt shard.
     """
     sources = []
     for folder in map(Path, dirs):
@@ -88,6 +102,8 @@ def resolve_sources(dirs: Sequence[str | Path], splits: Sequence[str], role: str
                 f"{folder}: shards listed in {MANIFEST} are missing ({missing[:3]}, ...); "
                 "rebuild them with `make data`"
             )
+        for split in chosen if verify else ():
+            verify_shards(folder, split)
         sources.append([str(path) for path in paths])
     return sources
 
@@ -109,8 +125,9 @@ def rgb_tensor(plan: ClipPlan, frames: np.ndarray) -> torch.Tensor:
 class _Decoder:
     """Base of the sample decoders: the augmentation and the per-sample generator.
 
-    Training samples get `sample_rng(seed, key, rank, torch.initial_seed(), count)`: reproducible for a
-    seeded run, different in every worker, rank and epoch. Validation samples get no generator: no
+    Training samples get `sample_rng(seed, key, epoch, rank, worker, index)` from their place in the
+    stream (:data:`~isa4d.data.pipeline.SAMPLE_SEED`): the same in every run with the same seed,
+    different in every epoch, rank, worker and position. Validation samples get no generator: no
     augmentation, centred windows and crops.
     """
 
@@ -125,14 +142,11 @@ class _Decoder:
     ) -> None:
         self.augment, self.resolution, self.num_frames = augment, resolution, num_frames
         self.frame_stride, self.seed, self.train = frame_stride, seed, train
-        self._count = 0
 
-    def _rng(self, key: str) -> np.random.Generator | None:
+    def _rng(self, sample: dict[str, Any]) -> np.random.Generator | None:
         if not self.train:
             return None
-        self._count += 1
-        rank = wds.utils.pytorch_worker_info()[0]
-        return sample_rng(self.seed, key, rank, torch.initial_seed(), self._count)
+        return sample_rng(self.seed, str(sample.get("__key__")), *sample[SAMPLE_SEED])
 
     def _plan(
         self, rng: np.random.Generator | None, clip_frames: int, size: Size, num_frames: int
@@ -159,7 +173,7 @@ class VideoClipDecoder(_Decoder):
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         header = read_header(sample)
-        rng = self._rng(header.key)
+        rng = self._rng(sample)
         image = rng is not None and rng.random() < self.image_prob
         meta = header.meta
         plan = self._plan(rng, meta.num_frames, (meta.height, meta.width), 1 if image else self.num_frames)
@@ -190,7 +204,7 @@ class HumanClipDecoder(_Decoder):
         self.max_persons = max_persons
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return self.decode(sample, self._rng(str(sample.get("__key__"))))
+        return self.decode(sample, self._rng(sample))
 
     def decode(self, sample: dict[str, Any], rng: np.random.Generator | None) -> dict[str, Any]:
         """The training sample of a raw sample with the augmentation drawn from `rng` (None: none).
@@ -280,6 +294,33 @@ def reference_tensors(reference: Reference, resolution: Size, max_persons: int) 
     }
 
 
+class StreamLoader(DataLoader):
+    """The training DataLoader: before every pass it tells its :class:`~isa4d.data.pipeline.SeededStream`
+    the epoch (Lightning tells only samplers), and on its first pass after a resume the batches to skip.
+
+    Args:
+        dataset: the training stream.
+        current_epoch: the epoch of the next pass (the trainer's).
+        resume: `(epoch, batches consumed)` where a checkpoint left the stream, or None.
+        **kwargs: as `DataLoader`.
+    """
+
+    def __init__(
+        self,
+        dataset: SeededStream,
+        current_epoch: Callable[[], int],
+        resume: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dataset, **kwargs)
+        self.current_epoch, self.resume = current_epoch, resume
+
+    def __iter__(self) -> Any:
+        self.dataset.epoch, self.dataset.skip = self.resume or (self.current_epoch(), 0)
+        self.resume = None
+        return super().__iter__()
+
+
 # ---------------------------------------------------------------------------------------------- modules
 
 
@@ -315,6 +356,10 @@ class ShardDataModule(L.LightningDataModule):
             of every rank and worker stream).
         seed: seed of the per-sample augmentation generators.
         max_consecutive_skips: skips in a row (in one worker) that abort instead of looping forever.
+        max_skip_fraction: the largest fraction of bad (unreadable, corrupt or invalid) samples a stream
+            may have; above it the run stops with the counts and commonest reasons (`SkipCounter`). 1: never.
+        verify_checksums: check every shard's size and SHA-256 against its manifest in `setup` (reads all
+            the data once; false to start faster).
     """
 
     def __init__(
@@ -340,6 +385,8 @@ class ShardDataModule(L.LightningDataModule):
         epoch_size: int = 2000,
         seed: int = 0,
         max_consecutive_skips: int = 100,
+        max_skip_fraction: float = 0.1,
+        verify_checksums: bool = True,
     ) -> None:
         super().__init__()
         if num_frames < 1 or (num_frames - 1) % 4:
@@ -362,9 +409,13 @@ class ShardDataModule(L.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.shuffle_buffer, self.epoch_size, self.seed = shuffle_buffer, epoch_size, seed
-        self.skips = {role: SkipCounter(max_consecutive_skips) for role in ("train", "val")}
+        self.skips = {
+            role: SkipCounter(max_consecutive_skips, max_skip_fraction) for role in ("train", "val")
+        }
         """Skipped-sample counters of the training and validation streams (summed over workers)."""
+        self.verify_checksums = verify_checksums
         self._sources: dict[str, list[list[str]]] = {}
+        self._resume: tuple[int, int] | None = None
 
     def decoder(self, train: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """Raw sample -> decoded sample, for the training (augmented) or the validation stream."""
@@ -381,23 +432,29 @@ class ShardDataModule(L.LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the manifests of the folders the stage needs (errors name `make data` if there are none)."""
+        """Read the manifests of the folders the stage needs (errors name `make data` if there are none)
+        and, with `verify_checksums`, check their shards."""
         roles = ["val"] if stage == "validate" else ["train", "val"] if stage in (None, "fit") else []
         for role in roles:
-            self._sources[role] = resolve_sources(self.dirs[role], self.splits[role], role)
+            self._sources[role] = resolve_sources(
+                self.dirs[role], self.splits[role], role, verify=self.verify_checksums
+            )
 
     def _sources_of(self, role: str) -> list[list[str]]:
         if role not in self._sources:
             raise RuntimeError(f"call setup() before the {role} dataloader")
         return self._sources[role]
 
-    def _loader(self, dataset: torch.utils.data.IterableDataset) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: torch.utils.data.IterableDataset, loader: type[DataLoader] = DataLoader, **kwargs: Any
+    ) -> DataLoader:
+        return loader(
             dataset,
             batch_size=None,  # batched in the workers (make_webdataset)
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            **kwargs,
         )
 
     def batches_per_stream(self) -> int:
@@ -419,10 +476,63 @@ class ShardDataModule(L.LightningDataModule):
             weights=self.train_weights,
             partial_batches=False,
         )
+        resume, self._resume = self._resume, None  # where a checkpoint left the stream: for this loader
         # The batches this rank yields per epoch, as `len()`: Lightning's epoch length and progress bar.
         return self._loader(
-            dataset.with_length(self.batches_per_stream() * max(1, self.num_workers), silent=True)
+            dataset.with_length(self.batches_per_epoch()),
+            StreamLoader,
+            current_epoch=self._epoch,
+            resume=resume,
         )
+
+    def batches_per_epoch(self) -> int:
+        """Training batches of this rank per epoch (`len()` of its loader): those of all its workers."""
+        return self.batches_per_stream() * max(1, self.num_workers)
+
+    def _epoch(self) -> int:
+        """The trainer's epoch; 0 without a trainer or when overfitting (the same batches every epoch)."""
+        if self.trainer is None or self.trainer.overfit_batches:
+            return 0
+        return self.trainer.current_epoch
+
+    def _stream_settings(self) -> dict[str, int]:
+        """What the training streams depend on besides the epoch: they continue exactly only if unchanged."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return {
+            "seed": self.seed,
+            "batches_per_epoch": self.batches_per_epoch(),
+            "num_workers": self.num_workers,
+            "world_size": world,
+        }
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the training stream is, saved in every checkpoint: its epoch, the batches this rank
+        consumed in it, and :meth:`_stream_settings`."""
+        if self.trainer is None:
+            return {}
+        consumed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": self._epoch(), "batches": consumed, **self._stream_settings()}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume the training stream where a checkpoint left it: the next `train_dataloader()` starts its
+        first pass at that epoch and skips the batches already consumed (decoding them again)."""
+        changed = [
+            f"{name} {state_dict.get(name)} -> {value}"
+            for name, value in self._stream_settings().items()
+            if state_dict.get(name) != value
+        ]
+        if changed:
+            log.warning(
+                "data: the training stream cannot continue exactly where the checkpoint left it (%s); "
+                "it skips as many batches as were consumed, of a different stream",
+                ", ".join(changed),
+            )
+        epoch, batches = state_dict["epoch"], state_dict["batches"]
+        if batches >= state_dict["batches_per_epoch"]:  # saved at the end of an epoch
+            epoch, batches = epoch + 1, 0
+        self._resume = (epoch, batches)
+        # Lightning looks for resumable loaders only, and would call this stream not resumable.
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch")
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """Every validation shard of this rank once, in order, unaugmented (none without `val_dirs`)."""
