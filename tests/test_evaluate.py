@@ -17,6 +17,7 @@ import dit_fixtures
 from conftest import compose_for_test
 from dit_fixtures import FRAMES, SIZE
 from isa4d.data.datamodules import HumanVideoDataModule, VideoDataModule
+from isa4d.errors import ConfigError
 from isa4d.evaluate import (
     GT_VAE_ROW,
     NO_BODY_ROW,
@@ -167,7 +168,7 @@ def test_num_clips_and_unknown_split(tmp_path, human_shards, vae_ckpt):
         )
     )
     assert [len(b["key"]) for b in batches] == [1]
-    with pytest.raises(KeyError, match="nowhere"):
+    with pytest.raises(ConfigError, match="nowhere"):
         evaluate(eval_config(tmp_path, human_shards, vae_ckpt, splits="[nowhere]"))
 
 

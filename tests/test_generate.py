@@ -12,6 +12,7 @@ from dit_fixtures import SIZE, dit_ckpt, human_shards, vae_ckpt
 from isa4d.data import decode_sample, encode_video, shard_paths
 from isa4d.data.format import npz_bytes
 from isa4d.data.video_io import read_video
+from isa4d.errors import ConfigError
 from isa4d.generate import clip_frames, generate
 
 __all__ = ["dit_ckpt", "human_shards", "vae_ckpt"]  # fixtures
@@ -88,7 +89,7 @@ def test_generate_from_files_with_background_and_blending(tmp_path, human_shards
         ({"background": "nowhere.mp4"}, FileNotFoundError, "background=nowhere.mp4"),
         ({"window_frames": 10}, ValueError, "multiples of 4"),
         ({"reference": {"image": "nowhere.png"}}, FileNotFoundError, "reference.image=nowhere.png"),
-        ({"reference": {"key": "nobody"}}, KeyError, "reference.key='nobody'"),
+        ({"reference": {"key": "nobody"}}, ConfigError, "reference.key='nobody'"),
     ],
 )
 def test_bad_inputs_fail_before_the_model_loads(

@@ -13,6 +13,8 @@ docs/evaluate.md).
 Writes `<output_dir>/<mode>_eval.json` (every number, the settings, and the weight files used) and
 `<output_dir>/<mode>_eval.md` (rows = the model and its reference rows, columns = metrics per dataset),
 both atomically, and prints the table. A metric whose weights file is missing is reported as `"missing"`.
+Options, the checkpoint(s), every dataset folder and split and the output folder are checked before any
+model is loaded (`check_inputs`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
+from isa4d.config import check_output_dir, option, require_dir, require_file
 from isa4d.data.datamodules import HumanVideoDataModule, ShardDataModule, VideoDataModule
-from isa4d.data.shards import read_manifest
+from isa4d.data.shards import MANIFEST, read_manifest
+from isa4d.errors import ConfigError, MissingFileError
 from isa4d.metrics import MISSING, ForegroundMetrics, VideoMetrics, load_i3d, load_lpips, weights_record
 from isa4d.utils.files import write_json_atomic, write_text_atomic
 
@@ -316,16 +320,57 @@ def model_label(ckpt_path: str | Path) -> str:
     return f"{path.parent.parent.name}/{path.stem}" if path.parent.name == "checkpoints" else path.stem
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Run the evaluation `cfg` describes (conf/evaluate.yaml); returns what `<mode>_eval.json` holds."""
+def check_inputs(cfg: DictConfig) -> tuple[str, torch.device, list[str]]:
+    """Validate the options, the checkpoint(s), the folder and split of every evaluated dataset and the
+    output folder (writable or creatable; nothing is created) before any model is loaded.
+
+    Returns:
+        The mode, the device and the names of the evaluated `datasets` entries.
+
+    Raises:
+        ConfigError: a wrong option, unknown dataset name or split, or unusable output_dir (key named).
+        MissingFileError: a missing checkpoint, dataset folder or manifest.
+    """
     mode = str(cfg.mode)
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    device = torch.device(cfg.device)
-    names = list(cfg.splits) if cfg.splits is not None else list(cfg.default_splits[mode])
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    try:
+        device = torch.device(str(cfg.device))
+    except RuntimeError as error:
+        raise ConfigError(f"device={cfg.device!r} is not a device: give cpu, cuda or cuda:<index>") from error
+    for key in ("resolution", "batch_size") + (("max_persons",) if mode == "dit" else ()):
+        if option(cfg, key, int) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {cfg[key]}")
+    option(cfg, "seed", int)
+    for key in ("num_frames", "num_clips", "chunk_frames"):
+        option(cfg, key, int | None)
+    if mode == "dit":
+        for key in ("foreground_threshold", "sampling.shift", "sampling.cfg_scale"):
+            option(cfg, key, float)
+        for key in ("sampling.steps", "sampling.window_frames", "sampling.overlap_frames"):
+            option(cfg, key, int)
+    names = list(option(cfg, "splits", list | None) or cfg.default_splits[mode])
     unknown = [name for name in names if name not in cfg.datasets]
     if unknown:
-        raise KeyError(f"splits {unknown} are not in `datasets` ({sorted(cfg.datasets)})")
+        raise ConfigError(f"splits={names}: {unknown} not in `datasets` (it has {sorted(cfg.datasets)})")
+    require_file(cfg.ckpt_path, "ckpt_path")
+    if mode == "dit" and cfg.vae_ckpt_path:
+        require_file(cfg.vae_ckpt_path, "vae_ckpt_path")
+    for name in names:
+        folder = require_dir(cfg.datasets[name].dir, f"datasets.{name}.dir")
+        if not (folder / MANIFEST).is_file():
+            raise MissingFileError(f"datasets.{name}.dir={folder} has no {MANIFEST}: run `make data` first")
+        splits = read_manifest(folder)["splits"]
+        split = cfg.datasets[name].split
+        if split not in splits:
+            raise ConfigError(f"datasets.{name}.split={split!r} is not in {folder} (it has {sorted(splits)})")
+    check_output_dir(cfg.output_dir, "output_dir")
+    return mode, device, names
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the evaluation `cfg` describes (conf/evaluate.yaml); returns what `<mode>_eval.json` holds."""
+    mode, device, names = check_inputs(cfg)
     rows, info = (vae_rows if mode == "vae" else dit_rows)(cfg, device)
     networks, weights = metric_networks(cfg, device)
     datamodule = VideoDataModule if mode == "vae" else HumanVideoDataModule

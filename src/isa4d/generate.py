@@ -3,9 +3,10 @@
 Inputs (conf/generate.yaml, docs/generate.md): an ISA-DiT checkpoint; a reference image with its SMPL
 and camera (files, or a sample of a shard folder); an SMPL motion (`.npz` in the shard format, or a
 bundled mocap clip retargeted on the fly); a camera trajectory (a preset placed around the reference
-view, or a camera `.npz`); optionally a background video. Every input is checked before the model is
-loaded. Any number of frames: the latent video is sampled in windows (`sample_long`: clean prefix or
-overlap-and-blend), decoded by the frozen VAE, and written as an mp4 through a temporary file.
+view, or a camera `.npz`); optionally a background video. Every option, input file and the output path
+are checked before the model is loaded (errors: `isa4d.errors`, each naming its key). Any number of
+frames: the latent video is sampled in windows (`sample_long`: clean prefix or overlap-and-blend), decoded
+by the frozen VAE, and written as an mp4 through a temporary file.
 
     isa4d generate ckpt_path=logs/train_dit/runs/<run>/checkpoints/last.ckpt motion=walk camera=orbit
 """
@@ -26,6 +27,7 @@ from PIL import Image
 
 from isa4d.body import rest_joints
 from isa4d.callbacks.dit import draw_points, to_device
+from isa4d.config import check_output_file, option, require_file
 from isa4d.data.augment import ClipAugment
 from isa4d.data.datamodules import reference_tensors, rgb_tensor
 from isa4d.data.format import Cameras, Reference, SMPLParams, decode_camera, decode_sample, decode_smpl
@@ -33,6 +35,7 @@ from isa4d.data.mocap import augment_motion, list_clips, retarget_clip
 from isa4d.data.shards import MANIFEST, read_manifest, shard_paths
 from isa4d.data.video_io import encode_video, read_video
 from isa4d.diffusion import STRATEGIES, sample_long
+from isa4d.errors import ConfigError, DataError, MissingFileError
 from isa4d.geometry import TRAJECTORIES, camera_center, make_trajectory
 from isa4d.modules.dit_module import load_dit_module
 from isa4d.modules.vae_module import tensor_to_frames
@@ -51,40 +54,43 @@ def clip_frames(num_frames: int) -> int:
     return 1 + 4 * math.ceil((num_frames - 1) / 4)
 
 
-def _file(path: Any, what: str) -> Path:
-    path = Path(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}={path}: no such file")
-    return path
-
-
 def check_options(cfg: DictConfig) -> Size:
-    """Validate the numeric options and the checkpoint paths; returns the resolution `(H, W)`."""
-    if cfg.num_frames is None or int(cfg.num_frames) < 1:
-        raise ValueError(f"num_frames must be >= 1, got {cfg.num_frames}")
-    if int(cfg.steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
-    if float(cfg.cfg_scale) < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg.cfg_scale}")
+    """Validate the options, the checkpoint and background paths and the output path (`.mp4`, its folder
+    creatable and writable; nothing is created); returns the resolution `(H, W)`.
+
+    Raises:
+        ConfigError: a wrong option or output path (the key is named).
+        MissingFileError: a checkpoint or background file that does not exist.
+    """
+    if option(cfg, "num_frames", int) < 1:
+        raise ConfigError(f"num_frames must be >= 1, got {cfg.num_frames}")
+    if option(cfg, "steps", int) < 1:
+        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+    if option(cfg, "cfg_scale", float) < 0:
+        raise ConfigError(f"cfg_scale must be >= 0, got {cfg.cfg_scale}")
+    for key in ("shift", "fps", "camera_sweep_deg"):
+        option(cfg, key, float)
+    option(cfg, "seed", int)
     if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
-    window, overlap = int(cfg.window_frames), int(cfg.overlap_frames)
+        raise ConfigError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
+    window, overlap = option(cfg, "window_frames", int), option(cfg, "overlap_frames", int)
     if window <= 0 or window % 4 or overlap < 0 or overlap % 4 or overlap >= window:
-        raise ValueError(
+        raise ConfigError(
             f"window_frames ({window}) and overlap_frames ({overlap}) must be multiples of 4 with "
             "0 <= overlap_frames < window_frames"
         )
-    size = cfg.resolution
-    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    size = option(cfg, "resolution", int | list[int])
+    size = (size, size) if isinstance(size, int) else tuple(size)
     if len(size) != 2 or any(s <= 0 or s % 8 for s in size):
-        raise ValueError(f"resolution must be a positive multiple of 8 (or [H, W]), got {cfg.resolution}")
+        raise ConfigError(f"resolution must be a positive multiple of 8 (or [H, W]), got {cfg.resolution}")
     if not cfg.ckpt_path:
-        raise ValueError("ckpt_path is empty: train a DiT first (`make train-dit`) or give ckpt_path=PATH")
-    _file(cfg.ckpt_path, "ckpt_path")
+        raise ConfigError("ckpt_path is empty: train a DiT first (`make train-dit`) or give ckpt_path=PATH")
+    require_file(cfg.ckpt_path, "ckpt_path")
     if cfg.vae_ckpt_path:
-        _file(cfg.vae_ckpt_path, "vae_ckpt_path")
+        require_file(cfg.vae_ckpt_path, "vae_ckpt_path")
     if cfg.background:
-        _file(cfg.background, "background")
+        require_file(cfg.background, "background")
+    check_output_file(cfg.output, "output", (".mp4",))
     return size
 
 
@@ -93,33 +99,36 @@ def load_reference(spec: DictConfig) -> tuple[str, Reference]:
     `ref_camera.npz` beside the image), or the reference of sample `spec.key` (None: the first) of
     split `spec.split` of the shard folder `spec.shards`. Returns a name for logs and the reference."""
     if spec.image:
-        image_path = _file(spec.image, "reference.image")
-        smpl = _file(spec.smpl or image_path.parent / "ref_smpl.npz", "reference.smpl")
-        camera = _file(spec.camera or image_path.parent / "ref_camera.npz", "reference.camera")
-        image = np.asarray(Image.open(image_path).convert("RGB"))
+        image_path = require_file(spec.image, "reference.image")
+        smpl = require_file(spec.smpl or image_path.parent / "ref_smpl.npz", "reference.smpl")
+        camera = require_file(spec.camera or image_path.parent / "ref_camera.npz", "reference.camera")
+        try:
+            image = np.asarray(Image.open(image_path).convert("RGB"))
+        except OSError as error:
+            raise DataError(f"reference.image={image_path} cannot be read as an image ({error})") from error
         reference = Reference(image, decode_smpl(smpl.read_bytes()), decode_camera(camera.read_bytes()))
         name = image_path.name
     else:
         folder = Path(str(spec.shards))
         if not (folder / MANIFEST).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"reference.shards={folder} has no {MANIFEST}: run `make data` or give reference.image"
             )
         splits = read_manifest(folder)["splits"]
         if spec.split not in splits:
-            raise KeyError(f"reference.split={spec.split!r} is not in {folder} (it has {sorted(splits)})")
+            raise ConfigError(f"reference.split={spec.split!r} is not in {folder} (it has {sorted(splits)})")
         paths = [str(path) for path in shard_paths(folder, spec.split)]
         raw = next(
             (s for s in wds.WebDataset(paths, shardshuffle=False) if spec.key in (None, s["__key__"])), None
         )
         if raw is None:
-            raise KeyError(f"reference.key={spec.key!r}: no such sample in {folder} split {spec.split!r}")
+            raise ConfigError(f"reference.key={spec.key!r}: no such sample in {folder} split {spec.split!r}")
         clip = decode_sample(raw)
         if clip.reference is None:
-            raise ValueError(f"sample {clip.key!r} has no reference (ref.png, ref_smpl.npz, ref_camera.npz)")
+            raise DataError(f"sample {clip.key!r} has no reference (ref.png, ref_smpl.npz, ref_camera.npz)")
         reference, name = clip.reference, clip.key
     if reference.smpl.global_orient.shape[1] != 1 or reference.camera.K.shape[0] != 1:
-        raise ValueError("the reference SMPL and camera must hold exactly one frame")
+        raise DataError(f"reference {name}: the reference SMPL and camera must hold exactly one frame")
     return name, reference
 
 
@@ -140,9 +149,9 @@ def load_motion(motion: str, fps: float, num_frames: int, reference: Reference) 
     reference betas.
     """
     if str(motion).endswith(".npz"):
-        smpl = decode_smpl(_file(motion, "motion").read_bytes())
+        smpl = decode_smpl(require_file(motion, "motion").read_bytes())
         if smpl.global_orient.shape[1] < num_frames:
-            raise ValueError(
+            raise ConfigError(
                 f"motion={motion} has {smpl.global_orient.shape[1]} frames; {num_frames} are needed"
             )
         return SMPLParams(
@@ -153,11 +162,11 @@ def load_motion(motion: str, fps: float, num_frames: int, reference: Reference) 
         )
     clips = list_clips()
     if motion not in clips:
-        raise ValueError(f"motion={motion!r} is neither a .npz file nor a mocap clip; clips: {clips}")
+        raise ConfigError(f"motion={motion!r} is neither a .npz file nor a mocap clip; clips: {clips}")
     try:
         clip = retarget_clip(motion, fps=fps, num_frames=num_frames)
     except ValueError as error:
-        raise ValueError(f"motion={motion!r}: {error} (ask for fewer frames or a looping clip)") from error
+        raise ConfigError(f"motion={motion!r}: {error} (ask for fewer frames or a looping clip)") from error
     ref = reference.smpl
     persons = []
     for p in range(ref.num_persons):
@@ -186,15 +195,15 @@ def load_cameras(
     is used as it is. The intrinsics are the reference's (presets) or the file's, scaled to `resolution`.
     """
     if str(camera).endswith(".npz"):
-        cameras = decode_camera(_file(camera, "camera").read_bytes())
+        cameras = decode_camera(require_file(camera, "camera").read_bytes())
         frames = cameras.K.shape[0]
         if frames not in (1,) and frames < num_frames:
-            raise ValueError(f"camera={camera} has {frames} frames; 1 or >= {num_frames} are needed")
+            raise ConfigError(f"camera={camera} has {frames} frames; 1 or >= {num_frames} are needed")
         index = np.minimum(np.arange(num_frames), frames - 1)
         K = scaled_intrinsics(cameras.K[index], tuple(cameras.image_size), resolution)
         return K, torch.from_numpy(cameras.R[index]), torch.from_numpy(cameras.t[index])
     if camera not in TRAJECTORIES:
-        raise ValueError(f"camera={camera!r} is neither a .npz file nor a preset {sorted(TRAJECTORIES)}")
+        raise ConfigError(f"camera={camera!r} is neither a .npz file nor a preset {sorted(TRAJECTORIES)}")
     ref_camera: Cameras = reference.camera
     K = scaled_intrinsics(ref_camera.K, tuple(ref_camera.image_size), resolution).expand(num_frames, 3, 3)
     R0, t0 = torch.from_numpy(ref_camera.R[0]).double(), torch.from_numpy(ref_camera.t[0]).double()
@@ -226,7 +235,7 @@ def load_background(path: str, num_frames: int, resolution: Size) -> torch.Tenso
     """Background video `(3, T, H, W)` in [-1, 1]: its first `num_frames` frames, resized and cropped."""
     frames = read_video(path)
     if len(frames) < num_frames:
-        raise ValueError(f"background={path} has {len(frames)} frames; {num_frames} are needed")
+        raise ConfigError(f"background={path} has {len(frames)} frames; {num_frames} are needed")
     plan = ClipAugment.off().plan(
         None, num_available=num_frames, src_size=frames.shape[1:3], out_size=resolution, num_frames=num_frames
     )
@@ -278,12 +287,11 @@ def _device(name: str) -> torch.device:
 
 
 def generate(cfg: DictConfig) -> dict[str, Any]:
-    """Check the inputs, load the model, sample, decode and write the video(s); returns a summary."""
+    """Check the options, inputs and output path, load the model, sample, decode and write the video(s)
+    (an existing output file is replaced); returns a summary."""
     resolution = check_options(cfg)
     batch, name = build_batch(cfg, resolution)
     output = Path(str(cfg.output))
-    if output.suffix != ".mp4":
-        raise ValueError(f"output must be an .mp4 path, got {output}")
     device = _device(str(cfg.device))
     module = load_dit_module(cfg.ckpt_path, cfg.vae_ckpt_path or None, map_location=device)
     batch = to_device(batch, device)
