@@ -176,6 +176,7 @@ bench: install data ## benchmarks -> experiments/bench/*.json|md
 	$(PY) -c "import diffusers" 2>/dev/null || $(SHARED_VENV)/bin/python -m pip --python $(PY) install -q "$(DIFFUSERS)"
 	$(PY) -m isa4d.bench.vae
 	$(PY) -m isa4d.bench.steps --dit-compare data=human
+	$(PY) -m isa4d.bench.attention
 
 docker-build: ## build the GPU image (needs a Docker engine)
 	docker build -f docker/Dockerfile -t isa4d:latest .

@@ -7,18 +7,22 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 from isa4d.diffusion import flow_matching_loss
 from isa4d.geometry import grid_ndc, intrinsics_from_fov, look_at, project_points, unproject
 from isa4d.models.dit import (
+    ATTENTION_2D,
     DIT_MODELS,
+    POINT_FRAMES,
     DiTConditions,
     InterspatialPE,
     ISABlock,
     OpenCLIPImageEncoder,
     ReferenceFeatureSampler,
     SmallImageEncoder,
+    SpatioTemporalBlock,
     attention,
     build_dit,
     build_image_encoder,
@@ -27,6 +31,7 @@ from isa4d.models.dit import (
     dit_tiny,
     latent_frame_groups,
     num_latent_frames_for,
+    point_frame_slice,
     slice_conditions,
     video_frame_range,
 )
@@ -552,3 +557,137 @@ def test_size_registry_and_paper4b_on_meta() -> None:
     count = count_parameters(model)
     assert abs(count - 4.0e9) <= 0.05 * 4.0e9, count
     assert next(model.parameters()).is_meta
+
+
+# ----------------------------------------------------------- full spatio-temporal attention, fewer 3-D frames
+
+
+def _explicit_full_attention_block(
+    block: SpatioTemporalBlock, x: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
+    """`SpatioTemporalBlock` by hand (plain reshapes, an explicit softmax over every pair of the T'·S
+    tokens): adaLN, q/k/v with RMS qk-norm, attention, gated residual, gated FFN."""
+    B, T, S, D = x.shape
+    H = block.qkv.heads
+    d = D // H
+    mods = F.silu(c) @ block.adaLN_modulation.linear.weight.T + block.adaLN_modulation.linear.bias
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (m[:, None, None] for m in mods.chunk(6, dim=-1))
+
+    def norm(y: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(y, (D,), eps=1e-6)
+
+    def rms(y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+
+    h = (norm(x) * (1 + scale_a) + shift_a).reshape(B, T * S, D)
+    qkv = h @ block.qkv.linear.weight.T + block.qkv.linear.bias
+    q, k, v = qkv.reshape(B, T * S, 3, H, d).permute(2, 0, 3, 1, 4)
+    q, k = rms(q, block.qkv.norms["q"].weight), rms(k, block.qkv.norms["k"].weight)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)  # (B, H, T'S, T'S)
+    out = (weights @ v).permute(0, 2, 1, 3).reshape(B, T, S, D)
+    x = x + gate_a * (out @ block.proj.weight.T + block.proj.bias)
+    m = norm(x) * (1 + scale_m) + shift_m
+    m = F.gelu(m @ block.mlp.fc1.weight.T + block.mlp.fc1.bias, approximate="tanh")
+    return x + gate_m * (m @ block.mlp.fc2.weight.T + block.mlp.fc2.bias)
+
+
+def test_spatio_temporal_block_equals_explicit_full_attention() -> None:
+    """Every 2-D token attends every token of every latent frame: the block equals the hand-written
+    full attention, and a token's output depends on a token of another frame and position."""
+    block = randomize(SpatioTemporalBlock(16, 2, mlp_ratio=2.0), std=0.3).eval()
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 3, 4, 16, generator=g), torch.randn(2, 16, generator=g)
+    with torch.no_grad():
+        out = block(x, c)
+        assert torch.allclose(out, _explicit_full_attention_block(block, x, c), atol=1e-5)
+        moved = x.clone()
+        moved[:, 0, 0] += torch.randn(16, generator=g)
+        change = (block(moved, c) - out).abs().amax(dim=(0, 3))
+    assert change[2, 3] > 1e-3  # another frame, another position: one block reaches it
+
+
+def test_full_attention_model_shapes_gradients_and_parameters() -> None:
+    factorized, full = dit_tiny(), dit_tiny(attention_2d="full")
+    assert ATTENTION_2D == ("factorized", "full") and full.config["attention_2d"] == "full"
+    for layer in full.layers:
+        assert isinstance(layer.spatio_temporal, SpatioTemporalBlock)
+        assert not hasattr(layer, "spatial") and not hasattr(layer, "temporal")
+    one_block = count_parameters(factorized.layers[0].temporal)
+    assert count_parameters(factorized) - count_parameters(full) == len(full.layers) * one_block
+    assert count_parameters(type(full).from_config(full.config)) == count_parameters(full)
+    with pytest.raises(ValueError, match="attention_2d"):
+        dit_tiny(attention_2d="global")
+
+    torch.manual_seed(0)
+    model = full.train()
+    drops = torch.tensor([True, False])
+    cond = make_conditions(B=2, N=16, h=8, w=8).with_drops(ref=drops, smpl=drops, camera=drops)
+    x0 = torch.randn(2, C, 3, 8, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        optimizer.zero_grad()
+        flow_matching_loss(model, x0, cond, g).backward()
+        optimizer.step()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing, missing
+    prefix = randomize(dit_tiny(attention_2d="full", ref_mode="prefix")).eval()
+    with torch.no_grad():
+        v = prefix(x0, 0.5, cond)
+    assert v.shape == x0.shape and torch.isfinite(v).all() and v.abs().amax() > 0
+
+
+@pytest.mark.parametrize("pad", [0, 3, 4, 7])  # window, clip, window + prefix frame, clip + prefix frame
+@pytest.mark.parametrize("frames", POINT_FRAMES)
+def test_point_frame_slice_keeps_every_stride_th_frame(pad: int, frames: int) -> None:
+    """The kept video frames sit on the last slot(s) of each latent frame's four, evenly spaced, and
+    group into `frames` slots per latent frame after `pad3` padding slots."""
+    Tl = 5
+    kept, pad3 = point_frame_slice(pad, frames)
+    stride = 4 // frames
+    slots = [f + pad for f in range(4 * Tl - pad)[kept]]
+    assert slots == [s for s in range(pad, 4 * Tl) if (s + 1) % stride == 0]
+    assert pad3 == sum((s + 1) % stride == 0 for s in range(pad)) and pad3 + len(slots) == frames * Tl
+
+
+def test_point_frame_slice_agrees_on_windows_and_rejects_other_counts() -> None:
+    """A window (T = 4T') keeps the same video frames as the whole 33-frame clip."""
+    for frames in POINT_FRAMES:
+        clip = set(range(33)[point_frame_slice(3, frames)[0]])
+        for a, b in [(0, 6), (4, 9), (2, 5)]:
+            start, stop = video_frame_range(a, b)
+            pad = 3 if a == 0 else 0
+            window = {start + f for f in range(stop - start)[point_frame_slice(pad, frames)[0]]}
+            assert window == {f for f in clip if start <= f < stop}
+    with pytest.raises(ValueError, match="point_frames_per_latent"):
+        point_frame_slice(3, 3)
+    with pytest.raises(ValueError, match="point_frames_per_latent"):
+        dit_tiny(point_frames_per_latent=3)
+
+
+def test_fewer_point_frames_carry_fewer_tokens_and_ignore_the_other_frames() -> None:
+    """`point_frames_per_latent=1`: the 3-D branch carries the frames 0, 4, 8 of a 9-frame clip (T' = 3
+    instead of 9); the bodies of frames 1-3 and 5-7 do not change the output, frame 4's does."""
+    cond = make_conditions(B=1, P=2, T=9, N=8, h=8, w=8)
+    x = torch.randn(1, C, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for frames, expected in ((1, 3), (2, 5), (4, 9)):
+        torch.manual_seed(0)
+        model = randomize(dit_tiny(point_frames_per_latent=frames)).eval()
+        seen = []
+        model.layers[0].point_temporal.register_forward_hook(
+            lambda m, args, out, seen=seen: seen.append(args[0].shape[1])
+        )
+        with torch.no_grad():
+            out = model(x, 0.4, cond)
+            skipped = cond.points.clone()
+            skipped[:, :, [1, 2, 3, 5, 6, 7]] += 0.3
+            kept = cond.points.clone()
+            kept[:, :, 4] += 0.3
+            after_skipped = model(x, 0.4, dataclasses.replace(cond, points=skipped))
+            after_kept = model(x, 0.4, dataclasses.replace(cond, points=kept))
+        assert seen[0] == expected
+        assert (after_kept - out).abs().amax() > 1e-4
+        if frames == 1:
+            assert torch.equal(after_skipped, out)
+        else:
+            assert (after_skipped - out).abs().amax() > 1e-4

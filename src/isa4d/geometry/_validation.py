@@ -22,8 +22,15 @@ def check_shape(name: str, x: torch.Tensor, trailing: Sequence[int]) -> None:
 
 
 def check_intrinsics(K: torch.Tensor) -> None:
-    """Require `K: (..., 3, 3)` to be a pinhole matrix `[[fx, s, cx], [0, fy, cy], [0, 0, 1]]`, fx, fy > 0."""
+    """Require `K: (..., 3, 3)` to be a pinhole matrix `[[fx, s, cx], [0, fy, cy], [0, 0, 1]]`, fx, fy > 0.
+
+    The shape is always checked; the values only in eager mode: reading them is a device sync, and under
+    `torch.compile` a graph break. (`ISADiT(compile=True)` compiles its layers only, so its camera
+    geometry, and this check, stay eager; a whole-model `torch.compile` skips the value check.)
+    """
     check_shape("K", K, (3, 3))
+    if torch.compiler.is_compiling():
+        return
     focal = torch.stack([K[..., 0, 0], K[..., 1, 1]], dim=-1)
     if not bool((focal > 0).all()):
         raise ValueError(f"focal lengths must be positive, got (fx, fy) = {focal.tolist()}")

@@ -14,16 +14,19 @@ from isa4d.models.dit.blocks import (
     Mlp,
     PointTemporalBlock,
     SpatialBlock,
+    SpatioTemporalBlock,
     TemporalBlock,
 )
 from isa4d.models.dit.conditions import (
     FRAMES_PER_LATENT,
+    POINT_FRAMES,
     DiTConditions,
     frame_padding,
     group_frames,
     latent_frame_groups,
     num_latent_frames_for,
     pad_persons,
+    point_frame_slice,
     slice_conditions,
     ungroup_frames,
     video_frame_range,
@@ -48,6 +51,7 @@ from isa4d.models.dit.image_encoders import (
     build_image_encoder,
 )
 from isa4d.models.dit.model import (
+    ATTENTION_2D,
     CONTROLS,
     DIT_MODELS,
     REF_MODES,
@@ -62,11 +66,13 @@ from isa4d.models.dit.model import (
 )
 
 __all__ = [
+    "ATTENTION_2D",
     "ATTENTION_BACKENDS",
     "CONTROLS",
     "DIT_MODELS",
     "FRAMES_PER_LATENT",
     "IMAGE_ENCODERS",
+    "POINT_FRAMES",
     "REF_MODES",
     "AdaLNModulation",
     "ControlAdaLN",
@@ -87,6 +93,7 @@ __all__ = [
     "SinusoidalEncoding",
     "SmallImageEncoder",
     "SpatialBlock",
+    "SpatioTemporalBlock",
     "TemporalBlock",
     "TimestepEmbedder",
     "attention",
@@ -103,6 +110,7 @@ __all__ = [
     "latent_frame_groups",
     "num_latent_frames_for",
     "pad_persons",
+    "point_frame_slice",
     "patchify",
     "points_to_ndc",
     "slice_conditions",

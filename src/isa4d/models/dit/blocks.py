@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from isa4d.models.dit.attention import attention
-from isa4d.models.dit.conditions import FRAMES_PER_LATENT, group_frames, ungroup_frames
+from isa4d.models.dit.conditions import POINT_FRAMES, group_frames, ungroup_frames
 
 NORM_EPS = 1e-6
 
@@ -116,7 +116,8 @@ class AxisAttentionBlock(nn.Module):
     """adaLN-Zero transformer block (self-attention + FFN) along one axis of a (B, A1, A2, D) tensor.
 
     `axis=2` attends over the tokens of each A1 slice (spatial); `axis=1` over A1 at each A2 position
-    (temporal). Subclasses fix the axis.
+    (temporal); `axis=None` over all A1·A2 tokens of a sample (full spatio-temporal). Subclasses fix the
+    axis.
 
     Args:
         dim: Hidden size D.
@@ -125,7 +126,9 @@ class AxisAttentionBlock(nn.Module):
         qk_norm: RMS-normalise queries and keys.
     """
 
-    axis: int = 2
+    axis: int | None = 2
+    _LAYOUTS = {2: "(b t) s d", 1: "(b s) t d", None: "b (t s) d"}
+    """How the attention sees the tokens: one sequence per `(b t)`, per `(b s)` or per `b`."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True) -> None:
         super().__init__()
@@ -140,13 +143,10 @@ class AxisAttentionBlock(nn.Module):
         """x: (B, A1, A2, D), c: (B, D) or (B, A1, D) -> (B, A1, A2, D)."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c)
         h = modulate(self.norm1(x), shift_a, scale_a)
-        pattern = "b t s d -> (b t) s d" if self.axis == 2 else "b t s d -> (b s) t d"
-        qkv = self.qkv(rearrange(h, pattern))
+        layout = self._LAYOUTS[self.axis]
+        qkv = self.qkv(rearrange(h, f"b t s d -> {layout}"))
         out = merge_heads(attention(qkv["q"], qkv["k"], qkv["v"], backend=self.attention_backend))
-        if self.axis == 2:
-            out = rearrange(out, "(b t) s d -> b t s d", b=x.shape[0])
-        else:
-            out = rearrange(out, "(b s) t d -> b t s d", b=x.shape[0])
+        out = rearrange(out, f"{layout} -> b t s d", b=x.shape[0], t=x.shape[1])
         x = x + gate_a * self.proj(out)
         return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
 
@@ -161,6 +161,16 @@ class TemporalBlock(AxisAttentionBlock):
     """Self-attention over the T' latent frames at each 2-D location (eq. 16): x2 (B, T', S, D)."""
 
     axis = 1
+
+
+class SpatioTemporalBlock(AxisAttentionBlock):
+    """Full self-attention over all T'·S 2-D tokens of a sample: x2 (B, T', S, D).
+
+    `ISADiT(attention_2d="full")` puts it in place of the `SpatialBlock` + `TemporalBlock` pair: the
+    cost baseline of the factorised attention (quadratic in T'·S instead of T'·S² + S·T'²).
+    """
+
+    axis = None
 
 
 class PointTemporalBlock(AxisAttentionBlock):
@@ -279,7 +289,8 @@ class ISABlock(nn.Module):
         """One symmetric ISA block.
 
         Args:
-            x3: (B, T, M, D) 3-D tokens, T = 4T' - pad.
+            x3: (B, T, M, D) 3-D tokens, T = f·T' - pad with f = 4 slots per latent frame, or f = 2 / 1
+                when only every 2nd / 4th video frame carries them (`point_frame_slice`; f is read from T).
             x2: (B, T', S, D) 2-D tokens.
             c: (B, D) conditioning.
             key_mask3: (B, M) bool, False for 3-D tokens nobody may attend (padded persons, dropped
@@ -293,17 +304,18 @@ class ISABlock(nn.Module):
             Updated (x3, x2); x3 is returned unchanged with `pre_only`.
         """
         B, Tl = x2.shape[:2]
+        frames = self._frames_per_group(x3.shape[1], pad, Tl)
         use_pe = self.pe_proj is not None and pe3 is not None and pe2 is not None
         qkv3, mods3 = self.branch3.pre(x3, c, self.pe_proj(pe3.to(x3.dtype)) if use_pe else None)
         c2 = c if c2 is None else c2
         qkv2, mods2 = self.branch2.pre(x2, c2, self.pe_proj(pe2.to(x2.dtype)) if use_pe else None)
         # Group the 3-D tokens by latent frame: (B, T, H, M, d) -> (B·T', H, 4·M, d); 2-D: (B·T', H, S, d).
         grouped = {
-            name: rearrange(group_frames(value, pad), "b n f h m d -> (b n) h (f m) d")
+            name: rearrange(group_frames(value, pad, frames=frames), "b n f h m d -> (b n) h (f m) d")
             for name, value in qkv3.items()
         }
         qkv2 = {name: rearrange(value, "b n h s d -> (b n) h s d") for name, value in qkv2.items()}
-        mask3 = self._key_mask(key_mask3, pad, B, Tl, x3)
+        mask3 = self._key_mask(key_mask3, pad, B, Tl, frames, x3)
         S, L3 = qkv2["q"].shape[2], grouped["k"].shape[2]
         out3 = None
         if self.mode == "joint":
@@ -323,23 +335,35 @@ class ISABlock(nn.Module):
                 out3 = attention(grouped["q"], qkv2["k"], qkv2["v"], None, self.attention_backend)
         x2 = self.branch2.post(x2, rearrange(out2, "(b n) h s d -> b n s (h d)", b=B), mods2)
         if out3 is not None:
-            out3 = rearrange(out3, "(b n) h (f m) d -> b n f m (h d)", b=B, f=FRAMES_PER_LATENT)
+            out3 = rearrange(out3, "(b n) h (f m) d -> b n f m (h d)", b=B, f=frames)
             x3 = self.branch3.post(x3, ungroup_frames(out3, pad), mods3)
         return x3, x2
 
     @staticmethod
+    def _frames_per_group(num_frames3: int, pad: int, Tl: int) -> int:
+        """Slots per latent frame of the 3-D tokens: 4, or fewer with `point_frames_per_latent`."""
+        frames, rest = divmod(num_frames3 + pad, Tl)
+        if rest or frames not in POINT_FRAMES:
+            raise ValueError(
+                f"{num_frames3} frames of 3-D tokens with {pad} padding slots do not fit {Tl} latent "
+                f"frames: need T + pad = f·T' with f in {POINT_FRAMES}"
+            )
+        return frames
+
+    @staticmethod
     def _key_mask(
-        key_mask3: torch.Tensor | None, pad: int, B: int, Tl: int, x3: torch.Tensor
+        key_mask3: torch.Tensor | None, pad: int, B: int, Tl: int, frames: int, x3: torch.Tensor
     ) -> torch.Tensor | None:
-        """(B·T', 1, 1, 4·M) bool mask of the grouped 3-D keys, or None when every key is valid."""
+        """(B·T', 1, 1, f·M) bool mask of the grouped 3-D keys (f = `frames` slots per latent frame), or
+        None when every key is valid."""
         if key_mask3 is None and pad == 0:
             return None
         M = x3.shape[2]
-        valid = torch.ones(B, Tl * FRAMES_PER_LATENT, M, dtype=torch.bool, device=x3.device)
+        valid = torch.ones(B, Tl * frames, M, dtype=torch.bool, device=x3.device)
         valid[:, :pad] = False
         if key_mask3 is not None:
             valid = valid & key_mask3[:, None, :]
-        return rearrange(valid, "b (n f) m -> (b n) 1 1 (f m)", f=FRAMES_PER_LATENT)
+        return rearrange(valid, "b (n f) m -> (b n) 1 1 (f m)", f=frames)
 
 
 class CrossAttentionBlock(nn.Module):

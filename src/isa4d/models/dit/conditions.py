@@ -62,16 +62,20 @@ def latent_frame_groups(
     return rearrange(slots.clamp(min=-1), "(n f) -> n f", f=FRAMES_PER_LATENT)
 
 
-def group_frames(x: torch.Tensor, pad: int, replicate: bool = False) -> torch.Tensor:
+def group_frames(
+    x: torch.Tensor, pad: int, replicate: bool = False, frames: int = FRAMES_PER_LATENT
+) -> torch.Tensor:
     """Group per-video-frame data by latent frame.
 
     Args:
-        x: (B, T, ...) with T = 4T' - pad.
+        x: (B, T, ...) with T = frames·T' - pad.
         pad: Padding slots in front (`frame_padding`).
         replicate: Fill the padding with copies of frame 0 (else zeros).
+        frames: Slots per latent frame: 4, or fewer for 3-D tokens kept on every (4/frames)-th video
+            frame only (`ISADiT(point_frames_per_latent=...)`, `point_frame_slice`).
 
     Returns:
-        (B, T', 4, ...).
+        (B, T', frames, ...).
     """
     if pad:
         first = (
@@ -80,12 +84,38 @@ def group_frames(x: torch.Tensor, pad: int, replicate: bool = False) -> torch.Te
             else x.new_zeros(x.shape[0], pad, *x.shape[2:])
         )
         x = torch.cat([first, x], dim=1)
-    return rearrange(x, "b (n f) ... -> b n f ...", f=FRAMES_PER_LATENT)
+    return rearrange(x, "b (n f) ... -> b n f ...", f=frames)
 
 
 def ungroup_frames(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Inverse of `group_frames`: (B, T', 4, ...) -> (B, T, ...), padding slots dropped."""
+    """Inverse of `group_frames`: (B, T', f, ...) -> (B, T, ...), padding slots dropped."""
     return rearrange(x, "b n f ... -> b (n f) ...")[:, pad:]
+
+
+POINT_FRAMES = (1, 2, 4)
+"""Admissible video frames per latent frame that carry 3-D tokens (`ISADiT(point_frames_per_latent=...)`)."""
+
+
+def point_frame_slice(pad: int, frames: int) -> tuple[slice, int]:
+    """The video frames whose body points become 3-D tokens when only `frames` of each latent frame's
+    four do, and the padding slots in front of them.
+
+    Every (4/frames)-th video frame is kept, aligned to the last frame of each latent frame: frames
+    0, 4, 8, … of a clip with `frames=1`, 0, 2, 4, … with 2, all with 4. A window (`slice_conditions`)
+    keeps the same video frames as the whole video.
+
+    Args:
+        pad: Padding slots in front of the video frames (`frame_padding`, plus 4 per prefix frame).
+        frames: 4, 2 or 1.
+
+    Returns:
+        The slice of kept video frames and the padding slots in front of them (`pad // (4 / frames)`),
+        so the kept frames group as `group_frames(x, pad, frames=frames)`.
+    """
+    if frames not in POINT_FRAMES:
+        raise ValueError(f"point_frames_per_latent must be one of {POINT_FRAMES}, got {frames}")
+    stride = FRAMES_PER_LATENT // frames
+    return slice((-pad - 1) % stride, None, stride), pad // stride
 
 
 def video_frame_range(

@@ -29,9 +29,15 @@ from isa4d.models.dit.blocks import (
     ISABlock,
     PointTemporalBlock,
     SpatialBlock,
+    SpatioTemporalBlock,
     TemporalBlock,
 )
-from isa4d.models.dit.conditions import FRAMES_PER_LATENT, DiTConditions, frame_padding
+from isa4d.models.dit.conditions import (
+    FRAMES_PER_LATENT,
+    DiTConditions,
+    frame_padding,
+    point_frame_slice,
+)
 from isa4d.models.dit.embeddings import (
     InterspatialPE,
     PatchEmbed,
@@ -50,6 +56,8 @@ REF_MODES = ("concat", "prefix")
 """How the reference latent enters the 2-D branch: concatenated on channels, or a clean prefix frame."""
 CONTROLS = ("controlnet", "padaln", "concat")
 """How a rendered control video enters the 2-D branch (`control=None`: no control video)."""
+ATTENTION_2D = ("factorized", "full")
+"""Self-attention of the 2-D tokens: spatial + temporal blocks (the paper), or one spatio-temporal block."""
 
 
 class ISADiTLayer(nn.Module):
@@ -57,6 +65,9 @@ class ISADiTLayer(nn.Module):
 
     1. `SpatialBlock` on the 2-D tokens; 2. `TemporalBlock` on the 2-D tokens; 3. `PointTemporalBlock` on
     the 3-D tokens; 4. `ISABlock` (3-D ↔ 2-D); 5. `CrossAttentionBlock` (2-D → camera + identity).
+
+    With `attention_2d="full"` (the cost baseline) steps 1 and 2 are one `SpatioTemporalBlock`: full
+    self-attention over all T'·S 2-D tokens.
 
     Without the 3-D branch (`branch_3d=False`, the 2-D baselines) step 3 is gone and step 4 is the ISA
     block's 2-D branch alone: with no 3-D keys that is a `SpatialBlock` (`isa_2d`: adaLN, self-attention
@@ -73,11 +84,17 @@ class ISADiTLayer(nn.Module):
         last: bool,
         qk_norm: bool,
         branch_3d: bool = True,
+        attention_2d: str = "factorized",
     ) -> None:
         super().__init__()
-        self.branch_3d = branch_3d
-        self.spatial = SpatialBlock(dim, heads, mlp_ratio, qk_norm)
-        self.temporal = TemporalBlock(dim, heads, mlp_ratio, qk_norm)
+        if attention_2d not in ATTENTION_2D:
+            raise ValueError(f"unknown attention_2d {attention_2d!r}; choose from {ATTENTION_2D}")
+        self.branch_3d, self.full = branch_3d, attention_2d == "full"
+        if self.full:
+            self.spatio_temporal = SpatioTemporalBlock(dim, heads, mlp_ratio, qk_norm)
+        else:
+            self.spatial = SpatialBlock(dim, heads, mlp_ratio, qk_norm)
+            self.temporal = TemporalBlock(dim, heads, mlp_ratio, qk_norm)
         if branch_3d:
             self.point_temporal = PointTemporalBlock(dim, heads, mlp_ratio, qk_norm)
             self.isa = ISABlock(dim, heads, mlp_ratio, isa_mode, pe_dim, pre_only=last, qk_norm=qk_norm)
@@ -101,7 +118,7 @@ class ISADiTLayer(nn.Module):
         """x2: (B, T', S, D) 2-D tokens; x3: (B, T, M, D) 3-D tokens (None without the 3-D branch); c: (B, D)
         conditioning; c2: (B, D) or (B, T', D) conditioning of the 2-D tokens; the rest as in `ISABlock` and
         `CrossAttentionBlock`. Returns the updated (x2, x3)."""
-        x2 = self.temporal(self.spatial(x2, c2), c2)
+        x2 = self.spatio_temporal(x2, c2) if self.full else self.temporal(self.spatial(x2, c2), c2)
         if self.branch_3d:
             x3 = self.point_temporal(x3, c)
             x3, x2 = self.isa(x3, x2, c, key_mask3, pad, pe3, pe2, c2=c2)
@@ -145,6 +162,15 @@ class ISADiT(nn.Module):
         control_video: What `ConditionBuilder` renders for `control_latent`: `"normal"` (normal maps) or
             `"body"` (shaded part-coloured bodies); required with `control`, None without.
         controlnet_layers: Layers copied by the ControlNet; None: half the depth (rounded up).
+        attention_2d: `"factorized"` (spatial + temporal blocks, the paper) or `"full"` (one block of full
+            spatio-temporal self-attention over all T'·S 2-D tokens in their place: the cost baseline;
+            the 3-D branch, ISA and cross-attention are unchanged).
+        point_frames_per_latent: Video frames of each latent frame whose body points become 3-D tokens:
+            4 (all, the paper), 2 or 1 (every 2nd / 4th video frame, `point_frame_slice`): the 3-D branch
+            carries 4·M tokens per latent frame through every layer, this cuts them (and its cost) by 2×
+            or 4×; the ISPE of each kept token still uses its own frame's camera.
+        compile: `torch.compile` every layer in place (`compile_blocks`: one full graph per layer, state
+            dict keys unchanged).
     """
 
     def __init__(
@@ -172,6 +198,9 @@ class ISADiT(nn.Module):
         control: str | None = None,
         control_video: str | None = None,
         controlnet_layers: int | None = None,
+        attention_2d: str = "factorized",
+        point_frames_per_latent: int = FRAMES_PER_LATENT,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if ref_mode not in REF_MODES:
@@ -182,6 +211,7 @@ class ISADiT(nn.Module):
             raise ValueError(
                 f"control={control!r} needs control_video (what to render, e.g. 'normal') and vice versa"
             )
+        point_frame_slice(0, point_frames_per_latent)  # raises for a count other than 1, 2, 4
         num_copies = math.ceil(depth / 2) if controlnet_layers is None else controlnet_layers
         if control == "controlnet" and not 1 <= num_copies <= depth:
             raise ValueError(f"controlnet_layers must be in [1, depth={depth}], got {controlnet_layers}")
@@ -209,12 +239,16 @@ class ISADiT(nn.Module):
             "control": control,
             "control_video": control_video,
             "controlnet_layers": controlnet_layers,
+            "attention_2d": attention_2d,
+            "point_frames_per_latent": point_frames_per_latent,
+            "compile": compile,
         }
         D, C, p = hidden_size, latent_channels, patch_size
         self.latent_channels, self.patch_size, self.hidden_size = C, p, D
         self.gradient_checkpointing = gradient_checkpointing
         self.branch_3d, self.ref_mode, self.control = branch_3d, ref_mode, control
         self.use_ispe = use_ispe and branch_3d
+        self.point_frames_per_latent = point_frames_per_latent
 
         self.t_embedder = TimestepEmbedder(D)
         # [noisy ; reference (ref_mode "concat") ; background ; control (control "concat")]
@@ -243,6 +277,7 @@ class ISADiT(nn.Module):
                 last=i == depth - 1,
                 qk_norm=qk_norm,
                 branch_3d=branch_3d,
+                attention_2d=attention_2d,
             )
 
         self.layers = nn.ModuleList([layer(i) for i in range(depth)])
@@ -256,6 +291,8 @@ class ISADiT(nn.Module):
         self.final_layer = FinalLayer(D, p, C)
         self.set_attention_backend(attention_backend)
         self.initialize_weights()
+        if compile:
+            self.compile_blocks()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ISADiT:
@@ -309,9 +346,22 @@ class ISADiT(nn.Module):
             if hasattr(module, "attention_backend"):
                 module.attention_backend = backend
 
+    def compile_blocks(self, **options: Any) -> None:
+        """`torch.compile` every layer (and ControlNet copy) in place with `fullgraph=True`: one graph per
+        layer, a graph break is an error. Parameters and state-dict keys are unchanged (checkpoints load
+        either way); the embeddings, geometry and final layer stay eager. `options` go to `compile`."""
+        for layer in (*self.layers, *getattr(self, "controlnet", ())):
+            layer.compile(**{"fullgraph": True, **options})
+
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer's activations in the backward pass (training only)."""
         self.gradient_checkpointing = enabled
+
+    def shard_units(self) -> list[nn.Module]:
+        """The modules FSDP shards as units of their own (each all-gathered only while it runs): every
+        layer, of the main stack and of the ControlNet copy. The rest (embeddings, image encoder, final
+        layer) forms the root unit (`DiTModule.configure_model`)."""
+        return [*self.layers, *getattr(self, "controlnet", ())]
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, cond: DiTConditions) -> torch.Tensor:
         """Predict the flow-matching velocity `v ≈ ε - x_0` (see `isa4d.diffusion`).
@@ -331,6 +381,7 @@ class ISADiT(nn.Module):
             raise ValueError(f"latent size {(h, w)} is not divisible by the patch size {p}")
         prefix = int(self.ref_mode == "prefix")  # 2-D latent frames: the prefix (if any), then the video's
         pad = frame_padding(cond.num_frames, Tl) + FRAMES_PER_LATENT * prefix  # the prefix has no 3-D frames
+        point_frames, pad = point_frame_slice(pad, self.point_frames_per_latent)  # the 3-D tokens' frames
         dtype = self.x_embedder.proj.weight.dtype
         device = x_t.device
         t = torch.as_tensor(t, device=device, dtype=torch.float32).expand(B)
@@ -362,7 +413,7 @@ class ISADiT(nn.Module):
         # 3-D tokens (with the ISPE encodings and the ISA key mask); context: camera and identity tokens.
         x3 = key_mask3 = pe3 = pe2 = None
         if self.branch_3d:
-            x3, key_mask3, pe3, pe2 = self._body_tokens(cond, drop_ref, drop_smpl, (h, w))
+            x3, key_mask3, pe3, pe2 = self._body_tokens(cond, drop_ref, drop_smpl, (h, w), point_frames)
         camera = self._camera_tokens(cond, drop_camera, (h, w), Tl, prefix)
         identity = self._identity_tokens(cond, drop_ref)
 
@@ -406,42 +457,48 @@ class ISADiT(nn.Module):
         drop_ref: torch.Tensor,
         drop_smpl: torch.Tensor,
         latent_size: tuple[int, int],
+        frames: slice,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """3-D tokens: γ(points) MLP (+ canonical) + frame index + pixel-aligned reference features.
+        """3-D tokens of the video frames `frames` (`point_frame_slice`): γ(points) MLP (+ canonical) +
+        frame index + pixel-aligned reference features.
 
         Returns:
-            x3 (B, T, P·N, D); the ISA key mask (B, P·N) (None when every key is valid); the ISPE encodings
-            of the 3-D tokens (B, T, P·N, E) and of the patch grid (S, E) (None without ISPE).
+            x3 (B, T3, P·N, D); the ISA key mask (B, P·N) (None when every key is valid); the ISPE
+            encodings of the 3-D tokens (B, T3, P·N, E) and of the patch grid (S, E) (None without ISPE).
         """
         dtype = self.x_embedder.proj.weight.dtype
         person_mask = cond.person_mask.to(torch.bool)
-        points = torch.where(person_mask[:, :, None, None, None], cond.points, 0.0)
+        points = torch.where(person_mask[:, :, None, None, None], cond.points[:, :, frames], 0.0)
         ref_points = torch.where(person_mask[:, :, None, None], cond.ref_points, 0.0)
-        pe3, pe2, ref_ndc = self._geometry(cond, points, ref_points, latent_size)
+        cameras = cond.K[:, frames], cond.R[:, frames], cond.t[:, frames]
+        pe3, pe2, ref_ndc = self._geometry(cond, cameras, points, ref_points, latent_size)
         x3 = self.point_encoder(points, cond.canonical_points)
-        frames = torch.arange(cond.num_frames, device=points.device)
-        x3 = x3 + sincos_1d(frames, self.hidden_size)[None, :, None].to(dtype)
+        indices = torch.arange(cond.num_frames, device=points.device)[frames]
+        x3 = x3 + sincos_1d(indices, self.hidden_size)[None, :, None].to(dtype)
         ref_features = self.ref_sampler(cond.ref_latent, ref_ndc)
         x3 = x3 + torch.where(drop_ref[:, None, None, None], 0.0, ref_features[:, None])
         key_mask3 = (person_mask & ~drop_smpl[:, None]).repeat_interleave(cond.num_points, dim=1)
-        if bool(key_mask3.all()):  # the common case: no mask (FlashAttention-eligible when pad == 0)
+        # The common case, no mask, is FlashAttention-eligible (when pad == 0); finding it reads the mask
+        # (a device sync), so under torch.compile (where it would break the graph) the mask is kept.
+        if not torch.compiler.is_compiling() and bool(key_mask3.all()):
             key_mask3 = None
         return x3, key_mask3, pe3, pe2
 
     def _geometry(
         self,
         cond: DiTConditions,
+        cameras: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         points: torch.Tensor,
         ref_points: torch.Tensor,
         latent_size: tuple[int, int],
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """Body geometry in float32 with autocast off (bf16 cameras are too coarse, and some linear algebra
-        has no bf16 kernel): ISPE encodings of the 3-D tokens (B, T, M, E) and of the patch grid (S, E)
-        (None without ISPE) and reference-point NDC (B, P·N, 3)."""
+        has no bf16 kernel): ISPE encodings of the 3-D tokens (B, T, M, E) seen by `cameras` (K, R, t of
+        their frames) and of the patch grid (S, E) (None without ISPE) and reference-point NDC (B, P·N, 3)."""
         h, w = latent_size
         p = self.patch_size
         with torch.autocast(points.device.type, enabled=False):
-            K, R, t = cond.K.float(), cond.R.float(), cond.t.float()
+            K, R, t = (x.float() for x in cameras)
             pe3 = pe2 = None
             if self.use_ispe:
                 flat = rearrange(points.float(), "b p t n c -> b t (p n) c")
