@@ -13,7 +13,9 @@ latent cache of `isa4d encode`: no VAE encoder, no renderer) into `(x0, DiTCondi
   key, so numbers are comparable across runs and checkpoints;
 * optional EMA of the DiT weights (used for validation, sample videos and generation);
 * checkpoints hold the DiT (and EMA) weights, the surface points, and the VAE checkpoint's path and
-  config in the hyper-parameters, not the VAE weights.
+  config in the hyper-parameters, not the VAE weights;
+* DDP, or FSDP2 with `ModelParallelStrategy` (`trainer=fsdp`, `configure_model`): the DiT and its EMA
+  sharded layer by layer over all ranks, everything else replicated.
 
 `DiTModule.load_from_checkpoint(ckpt)` (or `load_dit_module(ckpt)`) rebuilds it for inference.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -31,14 +34,20 @@ from typing import Any
 import lightning as L
 import torch
 from einops import rearrange
+from lightning.fabric.utilities.load import _METADATA_FILENAME
 from torch import nn
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from isa4d.body import PROCEDURAL, load_body_model
 from isa4d.diffusion import FlowMatching, flow_matching_loss
+from isa4d.errors import CheckpointError
 from isa4d.models.dit import DiTConditions, ISADiT, slice_conditions
 from isa4d.modules.dit_batch import ConditionBuilder
 from isa4d.modules.ema import EMA
-from isa4d.modules.vae_module import load_vae
+from isa4d.modules.vae_module import load_vae, read_checkpoint
+from isa4d.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +55,24 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 VAE_PREFIX = "builder.vae."
-"""State-dict prefix of the frozen VAE: never written to DiT checkpoints."""
+"""State-dict prefix of the frozen VAE: left out of `DiTModule` state dicts (it comes from `vae_ckpt`)."""
 VAL_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def _default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+
+
+def _drop_vae_state(module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    """State-dict hook of `DiTModule`: leave the frozen VAE out (checkpoints, sharded or full)."""
+    for key in [k for k in state if k.startswith(prefix + VAE_PREFIX)]:
+        del state[key]
+
+
+def _fill_vae_state(module: DiTModule, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook of `DiTModule`: the frozen VAE keeps its weights (from `vae_ckpt`)."""
+    for name, value in module.builder.vae.state_dict().items():
+        state[prefix + VAE_PREFIX + name] = value
 
 
 def key_seed(key: str, seed: int = 0) -> int:
@@ -156,6 +177,9 @@ class DiTModule(L.LightningModule):
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
         self.ema = EMA(self.dit, ema_decay, ema_warmup) if ema_decay is not None else None
+        # State dicts (checkpoints, full or sharded; `load_state_dict`) leave the frozen VAE out.
+        self.register_state_dict_post_hook(_drop_vae_state)
+        self.register_load_state_dict_pre_hook(_fill_vae_state)
         self.save_hyperparameters(
             {
                 "dit": self.dit.config,
@@ -204,6 +228,26 @@ class DiTModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        """Under `ModelParallelStrategy` (`trainer=fsdp`): FSDP2, the DiT sharded over all ranks.
+
+        Every `ISADiT.shard_units()` layer is a unit of its own and the rest of the DiT the root unit,
+        resharded after every forward (so the EMA `swap` and the optimiser always see the shards); the EMA
+        is sharded like the DiT (`EMA.shard_like`). Parameters stay float32 (the trainer's `bf16-mixed`
+        autocasts the compute); the frozen VAE, body model and point sampler are not sharded and keep
+        their float32 weights and buffers. A no-op under other strategies and when already sharded.
+        """
+        if self.device_mesh is None or isinstance(self.dit, FSDPModule):
+            return
+        mesh = init_device_mesh(
+            self.device_mesh.device_type, (self.device_mesh.size(),), mesh_dim_names=("shard",)
+        )
+        for unit in self.dit.shard_units():
+            fully_shard(unit, mesh=mesh)
+        fully_shard(self.dit, mesh=mesh, reshard_after_forward=True)
+        if self.ema is not None:
+            self.ema.shard_like(self.dit)
 
     def on_fit_start(self) -> None:
         if self.trainer.precision in ("16-mixed", "16"):
@@ -286,17 +330,10 @@ class DiTModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------------- checkpoints
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith(VAE_PREFIX)]:
-            del state[key]
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
-        if state is None:
+        if state is None:  # a sharded checkpoint: the strategy has loaded the weights already
             return
-        for name, value in self.builder.vae.state_dict().items():  # the VAE comes from vae_ckpt
-            state[VAE_PREFIX + name] = value
         has_ema = any(k.startswith("ema.") for k in state)
         if self.ema is None and has_ema:
             for key in [k for k in state if k.startswith("ema.")]:
@@ -306,6 +343,33 @@ class DiTModule(L.LightningModule):
             for name, value in self.ema.state_dict().items():
                 source = "dit." + name.removeprefix("module.")
                 state["ema." + name] = state[source].clone() if source in state else value.clone()
+
+
+def consolidate_checkpoint(folder: str | Path, out: str | Path) -> Path:
+    """A one-file DiT checkpoint (as DDP writes it; what `load_dit_module` reads) from a sharded one (the
+    folder a `trainer=fsdp` run saves): the gathered weights and EMA with the folder's metadata, without
+    optimiser states (for inference, not for resuming). Needs the full weights in CPU memory.
+
+    Args:
+        folder: A sharded checkpoint folder (`*.distcp` files and `meta.pt`).
+        out: The file to write (atomically).
+
+    Raises:
+        CheckpointError: if `folder` is not a sharded checkpoint folder.
+    """
+    folder = Path(folder)
+    if not (folder / _METADATA_FILENAME).is_file():
+        raise CheckpointError(
+            f"{folder} is not a sharded checkpoint folder (no {_METADATA_FILENAME}): give a checkpoint "
+            "folder that a trainer=fsdp run saved, e.g. <run>/checkpoints/last.ckpt"
+        )
+    checkpoint = torch.load(folder / _METADATA_FILENAME, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # "torch.distributed ... uninitialized": one process reads, as meant
+        warnings.simplefilter("ignore", UserWarning)
+        checkpoint |= _load_state_dict_from_keys({"state_dict"}, checkpoint_id=folder)
+    with atomic_write(out) as file:
+        torch.save(checkpoint, file)
+    return Path(out)
 
 
 def load_dit_module(
@@ -320,14 +384,17 @@ def load_dit_module(
         vae_ckpt: The stage-1 checkpoint to use instead of the one recorded in the DiT checkpoint.
         map_location: Device of the returned module.
 
+    Both checkpoints are read with `weights_only=True` (`read_checkpoint`): tensors and plain containers
+    only, no code from the files.
+
     Raises:
-        FileNotFoundError: if a checkpoint does not exist.
+        MissingFileError: if a checkpoint does not exist.
+        CheckpointError: if a file is not a checkpoint of its stage, or holds other objects.
     """
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"DiT checkpoint {ckpt_path} does not exist")
+    read_checkpoint(ckpt_path, stage="dit", mmap=True)  # the clear error, before Lightning reads it
     overrides = {} if vae_ckpt is None else {"vae_ckpt": str(vae_ckpt)}
-    module = DiTModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=False, **overrides)
+    module = DiTModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True, **overrides)
     return module.to(map_location).requires_grad_(False).eval()
 
 
-__all__ = ["VAL_TIMES", "DiTModule", "key_seed", "load_dit_module", "seeded_noise"]
+__all__ = ["VAL_TIMES", "DiTModule", "consolidate_checkpoint", "key_seed", "load_dit_module", "seeded_noise"]
