@@ -25,7 +25,9 @@ step. A method that a step does not call (e.g. VAE encoding when batches carry c
 FLOPs: one further step runs under `torch.utils.flop_counter.FlopCounterMode` (matmul, convolution and
 attention FLOPs, forward and backward; element-wise ops are not counted), attributed to the same phases.
 MFU = FLOPs of the forward + backward phases / their median time / the machine's matmul peak, which is
-measured here as the best of several large fp32 `torch.matmul`s (`--peak-size`). `fraction_in_dit` is the
+measured here as the best of several large `torch.matmul`s (`--peak-size`) in the step's precision: fp32, or
+bf16 with `--precision bf16-mixed` (the steps then run under bf16 autocast, as Lightning's `bf16-mixed` runs
+`training_step`; `--device cuda` for a GPU). `fraction_in_dit` is the
 share of the DiT step spent in the DiT itself: forward (with the flow-matching objective), backward and
 optimiser (clipping, step, schedulers, EMA). `--top-ops N` appends a `torch.profiler` table of the N ops
 with the largest self CPU time of one extra step of each stage (not part of the headline numbers).
@@ -236,10 +238,12 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak(size: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str, Any]:
-    """The best fp32 `torch.matmul` rate of `(size, size) @ (size, size)` over `repeats` runs (after one)."""
+def matmul_peak(
+    size: int = 2048, repeats: int = 10, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """The best `torch.matmul` rate of `(size, size) @ (size, size)` in `dtype`, over `repeats` runs."""
     dev = torch.device(device)
-    a, b = (torch.randn(size, size, device=dev) for _ in range(2))
+    a, b = (torch.randn(size, size, device=dev, dtype=dtype) for _ in range(2))
     sync = _sync_of(dev)
     torch.matmul(a, b)
     sync()
@@ -252,6 +256,7 @@ def matmul_peak(size: int = 2048, repeats: int = 10, device: str = "cpu") -> dic
     flops = 2 * size**3
     return {
         "size": size,
+        "dtype": str(dtype).removeprefix("torch."),
         "repeats": repeats,
         "best_s": min(times),
         "median_s": statistics.median(times),
@@ -357,8 +362,17 @@ def _frames_of(batch: Any) -> int | None:
 # ---------------------------------------------------------------------------------------------- stage 1
 
 
+def forward_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """What `training_step` runs under: bf16 autocast for `bf16-mixed` (as Lightning), else nothing."""
+    if precision == "bf16-mixed":
+        return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 class VAEStep:
     """One `VAEModule.training_step` (generator + discriminator) with its phases timed."""
+
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def __init__(self, module: Any, batches: Batches, timer: PhaseTimer) -> None:
         self.module, self.batches, self.timer = module, batches, timer
@@ -440,7 +454,7 @@ class VAEStep:
         with self.timer.phase("data"):
             batch = self.batches.next()
         self.timer.info["frames"] = _frames_of(batch)
-        with self.timer.phase("other"), warnings.catch_warnings():
+        with self.timer.phase("other"), warnings.catch_warnings(), self.forward_context():
             warnings.simplefilter("ignore")  # self.log() without a Trainer
             self.module.training_step(batch, index)
 
@@ -453,6 +467,8 @@ class VAEStep:
 
 class DiTStep:
     """One `DiTModule` step as Lightning's automatic optimisation runs it, with its phases timed."""
+
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def __init__(
         self, module: Any, batches: Batches, timer: PhaseTimer, gradient_clip_val: float | None
@@ -483,7 +499,7 @@ class DiTStep:
         timer.info["frames"] = _frames_of(batch)
         if isinstance(batch, dict) and "latent" in batch:
             timer.info["latent_frames"] = int(batch["latent"].shape[2])
-        with timer.phase("other"), warnings.catch_warnings():
+        with timer.phase("other"), warnings.catch_warnings(), self.forward_context():
             warnings.simplefilter("ignore")  # self.log() without a Trainer
             loss = module.training_step(batch, index)
         with timer.phase("zero_grad"):
@@ -648,6 +664,7 @@ def profile_vae(args: argparse.Namespace, device: torch.device, peak: float) -> 
     per_regime = args.warmup + args.steps + 1 + (1 if args.top_ops else 0)
     batches = Batches(datamodule, per_regime * len(args.vae_regimes), device)
     step = VAEStep(module, batches, timer)
+    step.forward_context = forward_context(args.precision, device)
     disc_start = int(module.loss.disc_start) if module.loss.discriminators() else None
     results = []
     try:
@@ -793,6 +810,7 @@ def profile_dit(args: argparse.Namespace, device: torch.device, peak: float, vae
         batches = Batches(datamodule, args.warmup + args.steps + 2, device)
         clip = cfg.trainer.get("gradient_clip_val")
         step = DiTStep(module, batches, timer, clip)
+        step.forward_context = forward_context(args.precision, device)
         log(f"DiT ({args.dit_experiment}): {args.warmup} + {args.steps} steps")
         try:
             records = run_steps(step, timer, args.warmup, args.steps)
@@ -929,12 +947,14 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}` (git {report.get('git') or '-'})",
         "",
-        f"Method: {report['warmup']} warm-up steps, then the median of {report['steps']} steps per phase "
+        f"Method: precision {report.get('precision', '32-true')}; {report['warmup']} warm-up steps, then the "
+        f"median of {report['steps']} steps per phase "
         "(`time.perf_counter`, phases exclusive of nested ones; no profiler in these numbers). "
         "The module's own "
         "`training_step` runs as Lightning drives it, without the Trainer's per-step bookkeeping "
         "(`python -m isa4d.bench.steps --help`, docs/train_dit.md). Matmul peak: best of "
-        f"{report['peak']['repeats']} fp32 {report['peak']['size']}^2 `torch.matmul`s = "
+        f"{report['peak']['repeats']} {report['peak'].get('dtype', 'float32')} {report['peak']['size']}^2 "
+        f"`torch.matmul`s = "
         f"{peak / 1e9:.1f} GFLOP/s "
         f"(median {report['peak']['median_flops_per_s'] / 1e9:.1f}). FLOPs: `FlopCounterMode` "
         "(matmul / conv / attention, forward + backward) of one further step.",
@@ -1002,13 +1022,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     load_start = os.getloadavg()
-    peak = matmul_peak(args.peak_size, args.peak_repeats, str(device))
+    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32
+    peak = matmul_peak(args.peak_size, args.peak_repeats, str(device), dtype)
     log(f"matmul peak: {peak['peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m isa4d.bench.steps", *(args.argv or [])]),
         "git": git_state(),
         "warmup": args.warmup,
+        "precision": args.precision,
         "steps": args.steps,
         "machine": {
             "device": str(device),
@@ -1121,7 +1143,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=0, help="torch threads (0: torch's default, as training)"
     )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    parser.add_argument("--peak-size", type=int, default=2048, help="N of the N x N fp32 matmul peak")
+    parser.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed"),
+        default="32-true",
+        help="bf16-mixed: training_step under bf16 autocast, MFU against the bf16 matmul peak",
+    )
+    parser.add_argument("--peak-size", type=int, default=2048, help="N of the N x N matmul peak")
     parser.add_argument("--peak-repeats", type=int, default=10)
     parser.add_argument(
         "--top-ops", type=int, default=15, help="rows of the torch.profiler appendix (0: none)"
