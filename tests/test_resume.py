@@ -277,7 +277,9 @@ def test_a_killed_run_resumes_exactly(stage, tmp_path, human_shards, vae_ckpt):
     last = killed / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == KILLED_AFTER * steps_per_batch
     before = losses(killed)
-    assert before == {s: uninterrupted[s] for s in range(KILLED_AFTER)}  # same seed, another process: same
+    assert sorted(before) == list(range(KILLED_AFTER))
+    for step, loss in before.items():  # same seed, another process: the same losses up to float32 rounding
+        assert loss == pytest.approx(uninterrupted[step], rel=1e-6, abs=0), step
 
     after = run_in_process(name, overrides, tmp_path / "c", ckpt_path=last)
     assert sorted(after) == list(range(KILLED_AFTER, BATCHES))
