@@ -8,35 +8,21 @@ import math
 import pytest
 import torch
 from einops import rearrange
-from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from isa4d.bench import attention as bench
+from isa4d.bench.steps import CPU_ATTENTION_FLOPS
 from isa4d.geometry import project_points
 from isa4d.models.dit import build_dit
 
 aten = torch.ops.aten
 
 
-def _sdpa_cpu(q, k, v, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
-    return flop_counter.sdpa_flop_count(q, k, v)
-
-
-def _sdpa_cpu_backward(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
-    return flop_counter.sdpa_backward_flop_count(grad, q, k, v)
-
-
-CPU_ATTENTION = {  # FlopCounterMode has no formula for the CPU flash kernels (it counts 0 for them)
-    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
-}
-
-
 def _counted(model: torch.nn.Module, frames: int, resolution: int, persons: int, points: int, train: bool):
     cond = bench.synthetic_conditions(frames, resolution, persons, points, batch=2)
     h = resolution // 8
     x = torch.randn(2, 16, (frames + 3) // 4, h, h)
-    with FlopCounterMode(display=False, depth=None, custom_mapping=CPU_ATTENTION) as counter:
+    with FlopCounterMode(display=False, depth=None, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         out = model(x, torch.rand(2), cond)
         if train:
             out.square().mean().backward()

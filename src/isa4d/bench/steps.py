@@ -229,11 +229,31 @@ def linear_flops(batch: int, in_features: int, out_features: int, backward: bool
     return 3 * forward if backward else forward
 
 
+def _sdpa_cpu(q, k, v, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(q, k, v)
+
+
+def _sdpa_cpu_backward(grad, q, k, v, *args, out_shape=None, **kwargs) -> int:  # noqa: ANN001
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad, q, k, v)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward,
+}
+"""`FlopCounterMode` formulas for the CPU flash-attention kernels (without them it counts 0 for them)."""
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs that `FlopCounterMode` counts while `fn()` runs (forward and any backward inside it)."""
+    """FLOPs that `FlopCounterMode` counts while `fn()` runs (forward and any backward inside it),
+    attention on the CPU included (`CPU_ATTENTION_FLOPS`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -558,7 +578,7 @@ def count_step_flops(
     from torch.utils.flop_counter import FlopCounterMode
 
     timer.reset()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         timer.flops = counter
         try:
             step(index)
