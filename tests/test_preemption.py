@@ -97,21 +97,27 @@ class ListAt(L.Callback):
             self.names = {p.name: _step(p) for p in self.folder.iterdir()}
 
 
-@pytest.mark.parametrize("cls", [ModelCheckpoint, StepCheckpoint])
-def test_last_ckpt_is_written_before_the_monitored_metric_exists(tmp_path, cls):
-    """8 batches per epoch, validation at its end: Lightning's ModelCheckpoint writes nothing before."""
-    checkpoint = cls(dirpath=tmp_path, monitor="val/loss", save_last=True, every_n_train_steps=2)
-    probe = ListAt(tmp_path, step=4)
+def fit_toy(*callbacks: L.Callback, max_steps: int) -> L.Trainer:
+    """Fit the toy task (8 batches per epoch, validation at its end) with `callbacks`, no logger."""
     trainer = L.Trainer(
-        max_steps=6,
+        max_steps=max_steps,
         accelerator="cpu",
         logger=False,
-        callbacks=[checkpoint, probe],
+        callbacks=list(callbacks),
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(ToyModule(), datamodule=ToyDataModule())
+    return trainer
+
+
+@pytest.mark.parametrize("cls", [ModelCheckpoint, StepCheckpoint])
+def test_last_ckpt_is_written_before_the_monitored_metric_exists(tmp_path, cls):
+    """8 batches per epoch, validation at its end: Lightning's ModelCheckpoint writes nothing before."""
+    checkpoint = cls(dirpath=tmp_path, monitor="val/loss", save_last=True, every_n_train_steps=2)
+    probe = ListAt(tmp_path, step=4)
+    fit_toy(checkpoint, probe, max_steps=6)
     # Lightning's: nothing at step 4 (the claim of the issue, checked against Lightning 2.6)
     assert probe.names == ({} if cls is ModelCheckpoint else {"last.ckpt": 4})
 
@@ -119,16 +125,7 @@ def test_last_ckpt_is_written_before_the_monitored_metric_exists(tmp_path, cls):
 def test_top_k_checkpoints_still_wait_for_the_metric(tmp_path):
     checkpoint = StepCheckpoint(dirpath=tmp_path, monitor="val/loss", save_last=True, every_n_train_steps=2)
     probe = ListAt(tmp_path, step=8)  # before the validation at the end of the 8-batch epoch
-    trainer = L.Trainer(
-        max_steps=10,
-        accelerator="cpu",
-        logger=False,
-        callbacks=[checkpoint, probe],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(ToyModule(), datamodule=ToyDataModule())
+    trainer = fit_toy(checkpoint, probe, max_steps=10)
     assert probe.names == {"last.ckpt": 8}
     # the first step checkpoint after the validation is the best one, with its val/loss
     assert _step(Path(checkpoint.best_model_path)) == 10

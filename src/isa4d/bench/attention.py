@@ -63,6 +63,7 @@ from typing import Any
 
 import torch
 
+from isa4d.bench import run_or_work
 from isa4d.bench.vae import _reset_peak_rss, _rss_kib
 from isa4d.models.dit import (
     FRAMES_PER_LATENT,
@@ -970,11 +971,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m isa4d.bench.attention`."""
-    args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
-        return
-    run(args)
+    run_or_work(parse_args(argv), run, run_worker)
 
 
 if __name__ == "__main__":

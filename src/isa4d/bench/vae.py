@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from isa4d.bench import run_or_work
 from isa4d.utils.files import write_json_atomic, write_text_atomic
 
 DEFAULT_FRAMES = (17, 33, 97, 193)
@@ -330,11 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m isa4d.bench.vae`."""
-    args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
-        return
-    run(args)
+    run_or_work(parse_args(argv), run, run_worker)
 
 
 if __name__ == "__main__":
