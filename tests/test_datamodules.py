@@ -18,6 +18,7 @@ from isa4d.data.augment import CropJitter, SpeedAdjustment, StructuredMotion
 from isa4d.data.datamodules import HumanVideoDataModule, SkippedSamplesLogger, VideoDataModule
 from isa4d.data.format import SMPL, npz_bytes
 from isa4d.data.pipeline import SkipCounter, make_webdataset
+from isa4d.errors import ConfigError, MissingFileError
 from isa4d.geometry import intrinsics_from_fov, look_at, project_points
 
 FRAMES, SIZE, REF_SIZE, FOV, GREY = 17, (64, 64), (48, 80), 50.0, 40
@@ -406,14 +407,14 @@ def test_val_is_deterministic_and_two_workers_count_skips_together(video_dir, ba
 
 
 def test_setup_names_the_command_that_builds_missing_data(tmp_path, video_dir):
-    with pytest.raises(FileNotFoundError, match="make data"):
+    with pytest.raises(MissingFileError, match="make data"):  # user errors: one line from the CLI
         video_module(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match=r"has none of the splits \['mask'\] \(it has \['train', 'val'\]\)"):
+    with pytest.raises(ConfigError, match=r"has none of the splits \['mask'\] \(it has \['train', 'val'\]\)"):
         video_module(video_dir, val_splits=["mask"])
     missing = tmp_path / "copy"
     shutil.copytree(video_dir, missing)
     (missing / "train-000001.tar").unlink()
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(MissingFileError, match="missing"):
         video_module(missing)
     with pytest.raises(RuntimeError, match="setup"):
         VideoDataModule(train_dirs=[video_dir]).train_dataloader()

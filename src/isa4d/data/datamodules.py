@@ -48,6 +48,7 @@ from isa4d.data.pipeline import (
     read_header,
 )
 from isa4d.data.shards import MANIFEST, read_manifest, shard_paths, verify_shards
+from isa4d.errors import ConfigError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -76,29 +77,29 @@ def resolve_sources(
         One list of shard paths per folder.
 
     Raises:
-        FileNotFoundError: a folder without `manifest.json` (nothing written there), or shards that the
+        MissingFileError: a folder without `manifest.json` (nothing written there), or shards that the
             manifest lists but that are missing.
-        ValueError: a folder with none of `splits`.
+        ConfigError: a folder with none of `splits`.
         DataError: a manifest `read_manifest` refuses, or (with `verify`) a corrupt shard.
     """
     sources = []
     for folder in map(Path, dirs):
         if not (folder / MANIFEST).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"data.{role}_dirs: {folder} has no {MANIFEST}, so no shards. Build the datasets with "
                 f"`make data` (or write your own with `isa4d prepare input_dir=... output_dir={folder}`)."
             )
         available = read_manifest(folder)["splits"]
         chosen = [split for split in splits if split in available]
         if not chosen:
-            raise ValueError(
+            raise ConfigError(
                 f"data.{role}_splits: {folder}/{MANIFEST} has none of the splits {list(splits)} "
                 f"(it has {sorted(available)})"
             )
         paths = [path for split in chosen for path in shard_paths(folder, split)]
         missing = [path.name for path in paths if not path.is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder}: shards listed in {MANIFEST} are missing ({missing[:3]}, ...); "
                 "rebuild them with `make data`"
             )
