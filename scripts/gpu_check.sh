@@ -3,12 +3,13 @@
 #   1. the `gpu` tests (tests/test_gpu.py): bf16-mixed training steps of both stages, xformers = SDPA when
 #      xformers is installed, DDP over 2 GPUs when there are 2 or more;
 #   2. the step benchmark in bf16 (`python -m isa4d.bench.steps --device cuda --precision bf16-mixed`), with
-#      its MFU against the measured bf16 matmul peak: experiments/bench/gpu.md and gpu.json.
+#      its MFU against the measured bf16 matmul peak: experiments/bench/gpu/steps.md and steps.json; the
+#      tests' summary goes to experiments/bench/gpu/tests.txt.
 #
 # Usage: bash scripts/gpu_check.sh        (from a clone after `make install`; in the Docker image, with the
 #        clone mounted at /workspace: docker run --gpus all --ipc=host -v $PWD:/workspace --entrypoint bash
 #        isa4d:latest scripts/gpu_check.sh)
-#   Environment: ISA4D_PYTHON (default: .venv/bin/python, else python3), GPU_CHECK_OUT (experiments/bench),
+#   Environment: ISA4D_PYTHON (default: .venv/bin/python, else python3), GPU_CHECK_OUT (experiments/bench/gpu),
 #   BENCH_ARGS (extra arguments of the benchmark, e.g. "--dit-override model.dit.name=small").
 # Exit status: 0 all passed; 1 a test or the benchmark failed; 3 no CUDA GPU (or no Python / data).
 set -euo pipefail
@@ -54,21 +55,25 @@ if [ ! -f data/shards/synth/.complete ] || [ ! -f data/shards/real/.complete ]; 
     make data
 fi
 
-OUT=${GPU_CHECK_OUT:-experiments/bench}
+OUT=${GPU_CHECK_OUT:-experiments/bench/gpu}
 mkdir -p "$OUT"
 status=0
 start=$SECONDS
 
 echo "gpu_check: [1/2] GPU tests (pytest -m gpu tests/test_gpu.py)"
-timeout 300 "$PY" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider || status=1
+timeout 300 "$PY" -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" || status=1
+# The summary (failures, skips and the counts) without the warnings and tracebacks above it.
+sed -n '/short test summary info/,$p' "$OUT/tests.log" >"$OUT/tests.txt"
+[ -s "$OUT/tests.txt" ] || tail -n 1 "$OUT/tests.log" >"$OUT/tests.txt"
+rm -f "$OUT/tests.log"
 
-echo "gpu_check: [2/2] bf16 step benchmark -> $OUT/gpu.md"
+echo "gpu_check: [2/2] bf16 step benchmark -> $OUT/steps.md"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
 timeout 240 "$PY" -m isa4d.bench.steps --device cuda --precision bf16-mixed --peak-size 8192 \
-    --peak-repeats 20 --warmup 3 --steps 10 --top-ops 0 --out "$OUT" --name gpu ${BENCH_ARGS:-} || status=1
+    --peak-repeats 20 --warmup 3 --steps 10 --top-ops 0 --out "$OUT" --name steps ${BENCH_ARGS:-} || status=1
 
 if [ "$status" -eq 0 ]; then
-    echo "gpu_check: passed in $((SECONDS - start)) s; benchmark: $OUT/gpu.md"
+    echo "gpu_check: passed in $((SECONDS - start)) s; benchmark: $OUT/steps.md"
 else
     echo "gpu_check: FAILED (see above) after $((SECONDS - start)) s" >&2
 fi
