@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from isa4d.bench import attention as bench
 from isa4d.bench.steps import CPU_ATTENTION_FLOPS
 from isa4d.geometry import project_points
-from isa4d.models.dit import build_dit
+from isa4d.models.dit import ISADiT, build_dit
 
 aten = torch.ops.aten
 
@@ -113,6 +113,26 @@ def test_worker_measures_each_variant() -> None:
         assert result["step_s"] > 0 and result["step_s"] == min(result["times_s"])
         assert result["peak_mib"] is None or result["peak_mib"] >= 0
     assert results["full"]["parameters"] < results["cross_pair"]["parameters"]
+
+
+def test_compile_option_compiles_the_layers_and_skips_the_warm_up(monkeypatch) -> None:
+    """`--compile`: every variant's model goes through `compile_blocks` once, at the cell's shape only (a
+    warm-up at another shape would compile twice)."""
+    shapes = []
+    monkeypatch.setattr(ISADiT, "compile_blocks", lambda model: shapes.append(None))
+    real_conditions = bench.synthetic_conditions
+
+    def conditions(frames: int, resolution: int, *args, **kwargs):
+        shapes.append((frames, resolution))
+        return real_conditions(frames, resolution, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "synthetic_conditions", conditions)
+    spec = {"width": "tiny", "variants": ["cross_pair", "full"], "frames": 5, "resolution": 32, "persons": 1}
+    spec |= {"num_points": 8, "device": "cpu", "dtype": "fp32", "repeats": 1, "threads": 1, "compile": True}
+    results = bench.run_worker(spec)
+    assert shapes == [None, (5, 32), None, (5, 32)]
+    assert all(result["step_s"] > 0 for result in results.values())
+    assert bench.parse_args(["--compile"]).compile and not bench.parse_args([]).compile
 
 
 def test_cells_over_the_step_budget_are_skipped_and_reported(tmp_path) -> None:

@@ -354,6 +354,8 @@ def prepare_variant(
         (returns its seconds).
     """
     model = build_dit(spec["width"], use_canonical=False, **VARIANTS[variant]).to(device).train()
+    if spec.get("compile"):
+        model.compile_blocks()  # inductor compiles on the first step, which is then not a timed one
     frames, resolution = spec["frames"], spec["resolution"]
     cond = synthetic_conditions(frames, resolution, spec["persons"], spec["num_points"], device=device)
     h = resolution // LATENT_FACTOR
@@ -409,7 +411,7 @@ def run_worker(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    for variant in spec["variants"]:
+    for variant in spec["variants"] if not spec.get("compile") else ():  # (a compiled warm-up: other shapes)
         prepare_variant({**spec, "frames": 1, "resolution": 2 * LATENT_FACTOR}, variant, device)
     results, steps = {}, {}
     for variant in spec["variants"]:
@@ -635,6 +637,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "dtype": args.dtype,
                 "repeats": args.repeats,
                 "threads": args.threads,
+                "compile": args.compile,
             }
             start = time.monotonic()
             results = measure(spec, args.cell_timeout)
@@ -659,6 +662,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "threads": args.threads or torch.get_num_threads(),
             "dtype": args.dtype,
+            "compile": args.compile,
             "batch": 1,
             "persons": args.persons,
             "num_points": args.num_points,
@@ -707,12 +711,13 @@ def markdown(report: Mapping[str, Any]) -> str:
     """The report as markdown: paper shape, measured cells, slopes, crossovers, the analytic grid."""
     s, paper = report["setup"], report["paper_shape"]
     measured_variants = list(dict.fromkeys(r["variant"] for r in report["measured"]))
+    compiled = ", compiled layers" if s.get("compile") else ""
     lines = [
         "# Attention cost: ISA against full spatio-temporal attention",
         "",
         f"Machine: {s['cpu_count']} CPU cores ({s['device_name']}), device {s['device']}, "
-        f"{s['threads']} torch threads, {s['dtype']}; load average {s['loadavg_start']} at the start, "
-        f"{s['loadavg_end']} at the end (a shared machine: other jobs ran at the same time, so the "
+        f"{s['threads']} torch threads, {s['dtype']}{compiled}; load average {s['loadavg_start']} at the "
+        f"start, {s['loadavg_end']} at the end (a shared machine: other jobs ran at the same time, so the "
         f"measured times are noisy; the ratios are of one run). {s['date']}, {s['wall_s']:.0f} s.",
         "",
         f"Command: `{s['command']}` (git {s['git']}, torch {s['torch']}).",
@@ -939,6 +944,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after the first")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every DiT layer (`dit.compile`; the first step, untimed, compiles)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
