@@ -76,6 +76,31 @@ def test_training_step_reaches_the_dit_not_the_vae(vae_ckpt, batch):
     assert not module.vae.training  # stays frozen in eval mode
 
 
+def test_person_loss_weight_covers_the_rendered_person(vae_ckpt, batch):
+    """`person_loss_weight` weights the latent cells of the person (from the body points), which hold
+    the rendered person mask; 1 is the plain flow loss."""
+    assert dit_module(vae_ckpt).person_weights(*dit_module(vae_ckpt).builder(batch)) is None
+    module = dit_module(vae_ckpt, person_loss_weight=4.0)
+    x0, cond = module.builder(batch)
+    weights = module.person_weights(x0, cond)
+    assert weights.shape == (1, 1, *x0.shape[2:]) and set(weights.unique().tolist()) == {1.0, 4.0}
+    # Latent cells (8x8 pixels) holding pixels of the person's mask (label 1) in any video frame of the
+    # latent frame: all of them weighted.
+    person = (batch["mask"][0] == 1).float()[:, None]  # (T, 1, H, W)
+    cells = F.max_pool2d(person, 8)[:, 0]  # (T, h, w)
+    groups = [[0], *[list(range(4 * j - 3, 4 * j + 1)) for j in range(1, x0.shape[2])]]
+    shown = torch.stack([cells[g].amax(0) for g in groups]) > 0
+    assert shown.any() and (weights[0, 0][shown] == 4.0).all()
+    assert weights.mean() < 4.0  # not everything (a 4x4 latent: one person fills most of it)
+    seen = []
+    loss = module.flow.loss
+    module.flow.loss = lambda *args, **kwargs: seen.append(kwargs["loss_mask"]) or loss(*args, **kwargs)
+    assert torch.isfinite(module.training_step(batch, 0))
+    assert torch.equal(seen[0], weights)  # the whole clip: window_latents is None
+    with pytest.raises(ValueError, match="person_loss_weight"):
+        dit_module(vae_ckpt, person_loss_weight=0.5)
+
+
 def test_training_windows_are_the_layouts_generation_uses(vae_ckpt, batch):
     """Long-video generation (`sample_long`, prefix strategy) shows the DiT two layouts: the clip's start
     (latent frame 0 = one frame, padding slots) and later windows of four-frame latents with a clean

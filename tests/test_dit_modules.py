@@ -31,6 +31,7 @@ from isa4d.models.dit import (
     dit_tiny,
     latent_frame_groups,
     num_latent_frames_for,
+    person_cells,
     point_frame_slice,
     slice_conditions,
     video_frame_range,
@@ -487,6 +488,83 @@ def test_gradient_checkpointing_matches() -> None:
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def _explicit_person_cells(cond: DiTConditions, frames_of: list[list[int]], h: int, w: int) -> torch.Tensor:
+    """`person_cells` by loops over samples, latent frames, persons and points (float64 numpy pinhole)."""
+    import numpy as np
+
+    H, W = cond.image_size
+    B, P = cond.person_mask.shape
+    out = np.zeros((B, len(frames_of), h, w), dtype=bool)
+    for b in range(B):
+        for j, frames in enumerate(frames_of):
+            hits = set()
+            for f in frames:
+                K, R, t = (x[b, f].double().numpy() for x in (cond.K, cond.R, cond.t))
+                for p in range(P):
+                    if not cond.person_mask[b, p]:
+                        continue
+                    for X in cond.points[b, p, f].double().numpy():
+                        x, y, z = K @ (R @ X + t)
+                        if z <= 0:
+                            continue
+                        col, row = math.floor((x / z + 0.5) * w / W), math.floor((y / z + 0.5) * h / H)
+                        if 0 <= col < w and 0 <= row < h:
+                            hits.add((row, col))
+            for row, col in hits:  # one cell of dilation
+                out[b, j, max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = True
+    return torch.from_numpy(out)
+
+
+def test_person_cells_match_an_explicit_projection() -> None:
+    """The latent cells a person's points project into (any frame of the latent frame, grown by one
+    cell), for a clip and for a window; padded persons (NaN points) mark nothing."""
+    cond = make_conditions(B=2, P=2, T=9, N=32, h=6, w=8)
+    cond.person_mask[1, 1] = False
+    cond.points[1, 1] = float("nan")
+    clip = person_cells(cond, 3, (6, 8))
+    assert clip.shape == (2, 3, 6, 8) and clip.dtype == torch.bool
+    assert torch.equal(clip, _explicit_person_cells(cond, [[0], [1, 2, 3, 4], [5, 6, 7, 8]], 6, 8))
+    assert 0.05 < clip.float().mean() < 0.8  # neither empty nor everything
+    window = person_cells(slice_conditions(cond, 1, 3, 3), 2, (6, 8))  # video frames 1..8
+    assert torch.equal(window, clip[:, 1:])
+    assert torch.equal(person_cells(cond, 3, (6, 8), dilation=0) <= clip, torch.ones_like(clip))
+    # The padded person's points (moved to where they would add cells) change nothing.
+    real = cond.person_mask[:, :, None, None, None]
+    moved = dataclasses.replace(cond, points=torch.where(real, cond.points, 0))
+    assert torch.equal(person_cells(moved, 3, (6, 8)), clip)
+
+
+@pytest.mark.slow
+def test_body_path_learns_where_the_person_is() -> None:
+    """The 3-D branch can carry a body's location to the 2-D tokens: on a task whose target is only where
+    the person is (+1 on the latent cells the points project into, -1 elsewhere; new random scenes and
+    cameras every step), the model with the body beats the same model with the body dropped on held-out
+    scenes (measured: flow loss 0.17 against 0.27 after 300 steps, 28 s; equal before training)."""
+    torch.manual_seed(0)
+    model = dit_tiny(use_canonical=False, depth=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def scene(seed: int, batch: int = 4) -> tuple[torch.Tensor, DiTConditions]:
+        cond = make_conditions(B=batch, P=1, T=5, N=64, h=8, w=8, seed=seed)
+        cells = person_cells(cond, 2, (8, 8), dilation=0).float()
+        x0 = (2 * cells - 1)[:, None].expand(batch, C, 2, 8, 8).contiguous()
+        return x0, dataclasses.replace(cond, background_latent=None)
+
+    def loss(x0: torch.Tensor, cond: DiTConditions, seed: int) -> torch.Tensor:
+        t = torch.full((x0.shape[0],), 0.8)  # mostly noise: the target must come from the conditions
+        return flow_matching_loss(model, x0, cond, torch.Generator().manual_seed(seed), t=t)
+
+    for step in range(300):
+        optimizer.zero_grad()
+        loss(*scene(step), seed=10**6 + step).backward()
+        optimizer.step()
+    held_out = [scene(10**5 + i) for i in range(4)]
+    with torch.no_grad():
+        body = sum(loss(x0, cond, i) for i, (x0, cond) in enumerate(held_out))
+        dropped = sum(loss(x0, cond.with_drops(smpl=True), i) for i, (x0, cond) in enumerate(held_out))
+    assert body < 0.8 * dropped, (body / 4, dropped / 4)
 
 
 def test_window_conditions_reproduce_the_per_frame_conditions() -> None:

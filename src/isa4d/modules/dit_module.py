@@ -43,7 +43,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from isa4d.body import PROCEDURAL, load_body_model
 from isa4d.diffusion import FlowMatching, flow_matching_loss
 from isa4d.errors import CheckpointError
-from isa4d.models.dit import DiTConditions, ISADiT, slice_conditions
+from isa4d.models.dit import DiTConditions, ISADiT, person_cells, slice_conditions
 from isa4d.modules.dit_batch import ConditionBuilder
 from isa4d.modules.ema import EMA
 from isa4d.modules.vae_module import load_vae, read_checkpoint
@@ -140,6 +140,7 @@ class DiTModule(L.LightningModule):
         window_latents: int | None = None,
         window_prob: float = 0.0,
         prefix_latents: int = 2,
+        person_loss_weight: float = 1.0,
         vae_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -156,6 +157,8 @@ class DiTModule(L.LightningModule):
             raise ValueError(f"val_times must be in (0, 1], got {list(val_times)}")
         if not 0.0 <= window_prob <= 1.0:
             raise ValueError(f"window_prob must be in [0, 1], got {window_prob}")
+        if not person_loss_weight >= 1.0:
+            raise ValueError(f"person_loss_weight must be >= 1 (1: the plain loss), got {person_loss_weight}")
         if window_latents is not None and not 0 <= prefix_latents < window_latents:
             raise ValueError(
                 f"need 0 <= prefix_latents < window_latents, got {prefix_latents} and {window_latents}"
@@ -198,6 +201,7 @@ class DiTModule(L.LightningModule):
                 "window_latents": window_latents,
                 "window_prob": window_prob,
                 "prefix_latents": prefix_latents,
+                "person_loss_weight": person_loss_weight,
                 "vae_config": vae.config,
             }
         )
@@ -290,10 +294,23 @@ class DiTModule(L.LightningModule):
         stop = start + window
         return x0[:, :, start:stop], slice_conditions(cond, start, stop, L), self.hparams.prefix_latents
 
+    def person_weights(self, x0: torch.Tensor, cond: DiTConditions) -> torch.Tensor | None:
+        """Loss weights `(B, 1, T', h, w)`: `person_loss_weight` on the latent cells that show a person
+        (`person_cells`, from the body points and cameras), 1 elsewhere; None for a weight of 1."""
+        weight = self.hparams.person_loss_weight
+        if weight == 1.0:
+            return None
+        cells = person_cells(cond, x0.shape[2], (x0.shape[3], x0.shape[4]))
+        return 1.0 + (weight - 1.0) * cells[:, None].to(x0.dtype)
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        """Flow-matching loss with condition dropout on a `training_window` of the batch's latents."""
+        """Flow-matching loss with condition dropout on a `training_window` of the batch's latents (person
+        cells weighted by `person_loss_weight`)."""
         x0, cond, prefix = self.training_window(*self.builder(batch))
-        loss = self.flow.loss(self.dit, x0, self.drop_backgrounds(cond), clean_prefix=prefix)
+        weights = self.person_weights(x0, cond)
+        loss = self.flow.loss(
+            self.dit, x0, self.drop_backgrounds(cond), loss_mask=weights, clean_prefix=prefix
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 

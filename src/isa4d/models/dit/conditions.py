@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from isa4d.geometry import project_points
+
 FRAMES_PER_LATENT = 4
 """Video frames per latent frame (the VAE's temporal compression)."""
 
@@ -336,6 +338,41 @@ def slice_conditions(
         t=cond.t[:, start:stop],
         **latents,
     )
+
+
+def person_cells(
+    cond: DiTConditions, num_latent_frames: int, latent_size: tuple[int, int], dilation: int = 1
+) -> torch.Tensor:
+    """The latent cells that show a person: those a real person's body point projects into, in any video
+    frame of the latent frame, grown by `dilation` cells (the points are a sample of the surface).
+
+    Args:
+        cond: Conditions of T video frames (`points`, `person_mask`, `K`, `R`, `t`, `image_size`).
+        num_latent_frames: T' (T = 4T' - 3 for a clip, 4T' for a window).
+        latent_size: (h, w) of the latent; a cell covers (H/h, W/w) pixels of `image_size`.
+        dilation: Cells added around the hit cells (a (2·dilation+1)² max filter).
+
+    Returns:
+        (B, T', h, w) bool.
+    """
+    B, P, T, N, _ = cond.points.shape
+    (h, w), (H, W) = latent_size, cond.image_size
+    real = cond.person_mask[:, :, None, None].expand(B, P, T, N)
+    points = torch.where(real[..., None], cond.points, torch.zeros_like(cond.points))  # padded may be NaN
+    uv, depth = project_points(rearrange(points, "b p t n c -> b t (p n) c"), cond.K, cond.R, cond.t)
+    col = torch.floor((uv[..., 0] + 0.5) * (w / W))  # top-left pixel centre at (0, 0)
+    row = torch.floor((uv[..., 1] + 0.5) * (h / H))
+    inside = (depth > 0) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    hit = rearrange(real, "b p t n -> b t (p n)") & inside
+    index = torch.where(hit, row * w + col, torch.zeros_like(col)).long()
+    cells = torch.zeros(B, T, h * w, device=points.device)
+    cells.scatter_reduce_(2, index, hit.float(), "amax")
+    groups = latent_frame_groups(T, num_latent_frames, points.device)  # (T', 4), -1 for padding slots
+    grouped = cells[:, groups.clamp(min=0)] * (groups >= 0)[None, :, :, None]  # (B, T', 4, h·w)
+    cells = rearrange(grouped.amax(dim=2), "b n (h w) -> (b n) 1 h w", h=h)
+    if dilation:
+        cells = F.max_pool2d(cells, 2 * dilation + 1, stride=1, padding=dilation)
+    return rearrange(cells, "(b n) 1 h w -> b n h w", b=B) > 0
 
 
 def pad_persons(tensors: list[torch.Tensor], num_persons: int) -> tuple[torch.Tensor, torch.Tensor]:
