@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -492,8 +493,6 @@ def test_gradient_checkpointing_matches() -> None:
 
 def _explicit_person_cells(cond: DiTConditions, frames_of: list[list[int]], h: int, w: int) -> torch.Tensor:
     """`person_cells` by loops over samples, latent frames, persons and points (float64 numpy pinhole)."""
-    import numpy as np
-
     H, W = cond.image_size
     B, P = cond.person_mask.shape
     out = np.zeros((B, len(frames_of), h, w), dtype=bool)

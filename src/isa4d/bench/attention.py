@@ -403,16 +403,18 @@ def run_worker(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     variant that failed.
 
     Each variant is warmed up on a 1-frame 16² clip (library code loaded on first use is not counted as
-    memory), then built and its first step measured for memory; the `repeats` timed steps then go round
-    the variants (A B C, A B C, …), so a burst of load from other jobs hits them alike. `step_s` is the
-    best of a variant's timed steps (the least disturbed), `median_s` their median.
+    memory; not with `compile`, which would compile for that shape too), then built and its first step
+    measured for memory; the `repeats` timed steps then go round the variants (A B C, A B C, …), so a
+    burst of load from other jobs hits them alike. `step_s` is the best of a variant's timed steps (the
+    least disturbed), `median_s` their median.
     """
     torch.manual_seed(0)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    for variant in spec["variants"] if not spec.get("compile") else ():  # (a compiled warm-up: other shapes)
-        prepare_variant({**spec, "frames": 1, "resolution": 2 * LATENT_FACTOR}, variant, device)
+    if not spec.get("compile"):  # a compiled warm-up would compile for another shape
+        for variant in spec["variants"]:
+            prepare_variant({**spec, "frames": 1, "resolution": 2 * LATENT_FACTOR}, variant, device)
     results, steps = {}, {}
     for variant in spec["variants"]:
         try:

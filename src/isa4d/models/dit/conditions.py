@@ -367,8 +367,7 @@ def person_cells(
     index = torch.where(hit, row * w + col, torch.zeros_like(col)).long()
     cells = torch.zeros(B, T, h * w, device=points.device)
     cells.scatter_reduce_(2, index, hit.float(), "amax")
-    groups = latent_frame_groups(T, num_latent_frames, points.device)  # (T', 4), -1 for padding slots
-    grouped = cells[:, groups.clamp(min=0)] * (groups >= 0)[None, :, :, None]  # (B, T', 4, h·w)
+    grouped = group_frames(cells, frame_padding(T, num_latent_frames))  # (B, T', 4, h·w), padding slots 0
     cells = rearrange(grouped.amax(dim=2), "b n (h w) -> (b n) 1 h w", h=h)
     if dilation:
         cells = F.max_pool2d(cells, 2 * dilation + 1, stride=1, padding=dilation)
