@@ -3,27 +3,33 @@
 Every loader of the suite (`read_checkpoint`, `load_vae`, `load_dit_module`, a DiT's `vae_ckpt`, the
 resume of `isa4d.train`) is tried on a pickle whose `__reduce__` would create a marker file, with
 `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` set (which flips torch's default to full unpickling): the marker
-never appears. Real checkpoints of both stages, written by Lightning, hold no other objects.
+never appears. Real checkpoints of both stages, written by Lightning, hold no other objects. Sharded
+checkpoint folders (`trainer=fsdp`), which torch reads partly with plain pickle, are checked first.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import open_dict
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
 import isa4d.train
 from conftest import compose_for_test, with_toy_task
 from dit_fixtures import DIT_CONFIG, dit_ckpt, human_shards, vae_ckpt
 from isa4d.callbacks import LatentStatistics
 from isa4d.errors import CheckpointError, MissingFileError
-from isa4d.modules import DiTModule, load_dit_module, load_vae, read_checkpoint
+from isa4d.modules import DiTModule, check_sharded_checkpoint, load_dit_module, load_vae, read_checkpoint
+from isa4d.modules.dit_module import consolidate_checkpoint
 from isa4d.modules.vae_module import LATENT_STATS_KEY
 from isa4d.train import train
 from test_vae_module import ClipDataModule, make_module, make_trainer, photo_clips, tiny_config
@@ -112,6 +118,53 @@ def test_train_resumes_with_weights_only(tmp_path, monkeypatch):
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False)
     with pytest.raises(Exception):  # noqa: B017 - the payload returns 0, not a checkpoint dict
         trainer.fit(ToyModule(), ToyDataModule(), ckpt_path=path)
+    assert marker.exists()
+
+
+def _sharded_folder(folder: Path, entries: dict) -> Path:
+    """A sharded checkpoint folder as `trainer=fsdp` writes it: `torch.distributed.checkpoint` files of
+    `entries` (one process) and Lightning's `meta.pt`."""
+    dcp.save(entries, checkpoint_id=folder)
+    torch.save({"global_step": 3, "hyper_parameters": {"vae_ckpt": "vae.ckpt"}}, folder / "meta.pt")
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is .*uninitialized:UserWarning")
+def test_sharded_checkpoints_are_checked_before_torch_reads_them(tmp_path):
+    """torch reads a folder's `.metadata` with plain pickle and its non-tensor entries with
+    `weights_only=False`; `check_sharded_checkpoint` (used by `consolidate_checkpoint` and the resume of
+    `isa4d.train`) refuses a payload in either before that, and passes real folders."""
+    weights = {"w": torch.arange(6.0).view(2, 3)}
+    optimizer = {"state": {}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99), "params": [0]}]}
+    good = _sharded_folder(tmp_path / "good", {"state_dict": weights, "optimizer_0": optimizer})
+    assert check_sharded_checkpoint(good) == torch.load(good / "meta.pt", weights_only=True)
+    consolidated = torch.load(consolidate_checkpoint(good, tmp_path / "one.ckpt"), weights_only=True)
+    assert torch.equal(consolidated["state_dict"]["w"], weights["w"]) and consolidated["global_step"] == 3
+
+    marker = tmp_path / "pwned"
+    evil_metadata = Path(shutil.copytree(good, tmp_path / "evil_metadata"))
+    (evil_metadata / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    evil_entry = _sharded_folder(tmp_path / "evil_entry", {"state_dict": weights, "note": _Payload(marker)})
+    loaders = [
+        check_sharded_checkpoint,
+        lambda folder: consolidate_checkpoint(folder, tmp_path / "out.ckpt"),
+        lambda folder: _resume(folder, tmp_path),
+    ]
+    for folder, file in [(evil_metadata, ".metadata"), (evil_entry, "__0_0.distcp")]:
+        refused = f"{folder / file} holds the Python object posix.system, refused because loading it"
+        for load in loaders:
+            with pytest.raises(CheckpointError, match="^" + re.escape(refused)):
+                load(folder)
+    assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
+    (evil_metadata / ".metadata").write_bytes(os.urandom(256))
+    with pytest.raises(CheckpointError, match="metadata"):
+        check_sharded_checkpoint(evil_metadata)
+    with pytest.raises(CheckpointError, match="is not a sharded checkpoint folder"):
+        check_sharded_checkpoint(tmp_path / "one.ckpt")
+    with pytest.raises(MissingFileError, match="does not exist"):
+        check_sharded_checkpoint(tmp_path / "absent")
+    # torch's own reader runs the payload of a non-tensor entry: the check is what protects it.
+    assert _load_state_dict_from_keys({"note"}, checkpoint_id=evil_entry) == {"note": 0}  # os.system's result
     assert marker.exists()
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from isa4d.callbacks.preemption import PreemptionCheckpoint
 from isa4d.config import config_dir
 from isa4d.errors import MissingFileError
-from isa4d.modules.vae_module import read_checkpoint
+from isa4d.modules.vae_module import check_sharded_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +50,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     _require_target(cfg, "model")
     if cfg.get("ckpt_path"):
         resume = Path(cfg.ckpt_path)
-        sharded = resume.is_dir() and (resume / "meta.pt").is_file()  # a trainer=fsdp checkpoint folder
-        if not resume.is_file() and not sharded:
+        if not resume.exists():
             raise MissingFileError(
                 f"ckpt_path={cfg.ckpt_path} does not exist (resume needs a Lightning .ckpt, or the "
                 "checkpoint folder of a trainer=fsdp run)"
             )
-        # The resume file, read as Lightning will read it (weights_only=True), fails here with one sentence.
-        stage = _STAGE_OF_MODULE.get(cfg.model._target_)
-        read_checkpoint(
-            resume / "meta.pt" if sharded else resume, stage=None if sharded else stage, mmap=True
-        )
+        # Read as Lightning will read it (weights_only=True), so that a bad file fails here with one
+        # sentence; a trainer=fsdp folder, which torch reads partly with plain pickle, is checked first.
+        if resume.is_dir():
+            check_sharded_checkpoint(resume)
+        else:
+            read_checkpoint(resume, stage=_STAGE_OF_MODULE.get(cfg.model._target_), mmap=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 

@@ -6,6 +6,7 @@ from isa4d.modules.ema import EMA
 from isa4d.modules.vae_module import (
     VAEModule,
     build_vae_loss,
+    check_sharded_checkpoint,
     frames_to_tensor,
     load_vae,
     read_checkpoint,
@@ -19,6 +20,7 @@ __all__ = [
     "DiTModule",
     "VAEModule",
     "build_vae_loss",
+    "check_sharded_checkpoint",
     "frames_to_tensor",
     "load_dit_module",
     "load_vae",

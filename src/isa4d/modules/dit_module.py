@@ -34,7 +34,6 @@ from typing import Any
 import lightning as L
 import torch
 from einops import rearrange
-from lightning.fabric.utilities.load import _METADATA_FILENAME
 from torch import nn
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 from torch.distributed.device_mesh import init_device_mesh
@@ -42,11 +41,10 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from isa4d.body import PROCEDURAL, load_body_model
 from isa4d.diffusion import FlowMatching, flow_matching_loss
-from isa4d.errors import CheckpointError
 from isa4d.models.dit import DiTConditions, ISADiT, person_cells, slice_conditions
 from isa4d.modules.dit_batch import ConditionBuilder
 from isa4d.modules.ema import EMA
-from isa4d.modules.vae_module import load_vae, read_checkpoint
+from isa4d.modules.vae_module import check_sharded_checkpoint, load_vae, read_checkpoint
 from isa4d.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -368,19 +366,15 @@ def consolidate_checkpoint(folder: str | Path, out: str | Path) -> Path:
     optimiser states (for inference, not for resuming). Needs the full weights in CPU memory.
 
     Args:
-        folder: A sharded checkpoint folder (`*.distcp` files and `meta.pt`).
+        folder: A sharded checkpoint folder (`*.distcp` files, `.metadata` and `meta.pt`).
         out: The file to write (atomically).
 
     Raises:
-        CheckpointError: if `folder` is not a sharded checkpoint folder.
+        MissingFileError: if `folder` does not exist.
+        CheckpointError: if `folder` is not a sharded checkpoint folder, or holds other objects than
+            tensors and plain containers (`check_sharded_checkpoint`).
     """
-    folder = Path(folder)
-    if not (folder / _METADATA_FILENAME).is_file():
-        raise CheckpointError(
-            f"{folder} is not a sharded checkpoint folder (no {_METADATA_FILENAME}): give a checkpoint "
-            "folder that a trainer=fsdp run saved, e.g. <run>/checkpoints/last.ckpt"
-        )
-    checkpoint = torch.load(folder / _METADATA_FILENAME, map_location="cpu", weights_only=True)
+    checkpoint = check_sharded_checkpoint(folder)  # no code from the files, before torch reads them
     with warnings.catch_warnings():  # "torch.distributed ... uninitialized": one process reads, as meant
         warnings.simplefilter("ignore", UserWarning)
         checkpoint |= _load_state_dict_from_keys({"state_dict"}, checkpoint_id=folder)
