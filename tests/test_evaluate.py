@@ -178,7 +178,7 @@ def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt, monke
     sample_long, dropped = isa4d.diffusion.sample_long, []
 
     def recording(model_fn, noise, cond, **kwargs):
-        dropped.append(cond.drop_flags("smpl").tolist())
+        dropped.append((cond.drop_flags("smpl").tolist(), kwargs["uncond_drops"]))
         return sample_long(model_fn, noise, cond, **kwargs)
 
     monkeypatch.setattr(isa4d.diffusion, "sample_long", recording)
@@ -186,7 +186,8 @@ def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt, monke
         tmp_path, human_shards, dit_ckpt, mode="dit", foreground_threshold=0.2, **{"sampling.steps": 2}
     )
     report = evaluate(cfg)
-    assert dropped == [[False], [True]]  # the model, then the same sampling without the body
+    everything = ("ref", "smpl", "camera")  # the default unconditional pass of CFG
+    assert dropped == [([False], everything), ([True], everything)]  # the model, then without the body
     result = report["results"]["video"]
     assert report["mode"] == "dit" and result["num_clips"] == 1 and result["fg_clips"] == 1
     assert 0 < result["psnr"] < 60 and -1 <= result["ssim"] <= 1 and 0 <= result["fg_iou"] <= 1
@@ -222,6 +223,16 @@ def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt, monke
     assert upper["fg_iou"] == pytest.approx(float(iou[0]), abs=1e-6)
     assert upper["psnr_fg"] == pytest.approx(float(np_masked_psnr(recon, real, target)[0]), rel=1e-4)
     assert upper["psnr_bg"] == pytest.approx(float(np_masked_psnr(recon, real, ~target)[0]), rel=1e-4)
+    # Body guidance (the unconditional pass drops only the body) reaches the sampler; a bad list is refused.
+    dropped.clear()
+    with open_dict(cfg):
+        cfg.sampling.uncond_drops = ["smpl"]
+    evaluate(cfg)
+    assert dropped == [([False], ("smpl",)), ([True], ("smpl",))]
+    with open_dict(cfg):
+        cfg.sampling.uncond_drops = ["smpl", "smpl"]
+    with pytest.raises(ConfigError, match=r"sampling.uncond_drops=\['smpl', 'smpl'\]: expected a non-empty"):
+        evaluate(cfg)
 
 
 def test_format_table_and_labels():

@@ -154,6 +154,12 @@ def test_cfg_scale_one_is_the_conditional_prediction_and_scale_s_combines() -> N
     assert torch.allclose(
         guided_velocity(model_fn, x, t, cond, 2.0, uncond=uncond), 2 * v_cond - model_fn(x, t, uncond)
     )
+    # uncond_drops=("smpl",) (body guidance): the unconditional pass drops the body and nothing else.
+    calls.clear()
+    guided_velocity(model_fn, x, t, cond, 2.0, uncond_drops=("smpl",))
+    uncond_flags = [bool(calls[-1].drop_flags(name).all()) for name in ("ref", "smpl", "camera")]
+    assert uncond_flags == [False, True, False]
+    assert not calls[0].drop_flags("smpl").any()
     # A one-step sample with scale s moves along the guided velocity.
     noise = torch.randn(2, C, 3, 4, 4)
     sample = euler_sample(model_fn, noise, cond, num_steps=1, shift=1.0, guidance_scale=2.0)

@@ -88,6 +88,7 @@ def test_generate_from_files_with_background_and_blending(tmp_path, human_shards
         ({"camera": "crane"}, ValueError, "preset .*orbit"),
         ({"background": "nowhere.mp4"}, FileNotFoundError, "background=nowhere.mp4"),
         ({"window_frames": 10}, ValueError, "multiples of 4"),
+        ({"uncond_drops": ["body"]}, ConfigError, r"uncond_drops=\['body'\]: expected a non-empty list"),
         ({"reference": {"image": "nowhere.png"}}, FileNotFoundError, "reference.image=nowhere.png"),
         ({"reference": {"key": "nobody"}}, ConfigError, "reference.key='nobody'"),
     ],

@@ -154,6 +154,20 @@ def option(cfg: DictConfig, key: str, kind: Any) -> Any:
     return float(value) if kind is float else value
 
 
+def option_subset(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """`cfg[key]`: a non-empty list of distinct names from `choices`, as a tuple.
+
+    Raises:
+        ConfigError: the value is not such a list, naming the key, the value and the choices.
+    """
+    names = option(cfg, key, list)
+    if not names or len(set(names)) != len(names) or any(name not in choices for name in names):
+        raise ConfigError(
+            f"{key}={_shown(names)}: expected a non-empty list of distinct names from {list(choices)}"
+        )
+    return tuple(names)
+
+
 def _arguments(target: Callable) -> tuple[dict[str, Any], bool]:
     """The keyword arguments of `target` with their type hints (`inspect.Parameter.empty`: none), and
     whether that list is closed (no `**kwargs`). A class taking `**kwargs` adds the arguments of the

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 
-from isa4d.config import check_output_dir, option, require_dir, require_file
+from isa4d.config import check_output_dir, option, option_subset, require_dir, require_file
 from isa4d.data.datamodules import HumanVideoDataModule, ShardDataModule, VideoDataModule
 from isa4d.data.shards import MANIFEST, read_manifest
+from isa4d.diffusion import CONDITION_NAMES
 from isa4d.errors import ConfigError, MissingFileError
 from isa4d.metrics import MISSING, ForegroundMetrics, VideoMetrics, load_i3d, load_lpips, weights_record
 from isa4d.utils.files import write_json_atomic, write_text_atomic
@@ -251,6 +252,7 @@ def dit_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstru
                 num_steps=int(s.steps),
                 shift=float(s.shift),
                 guidance_scale=float(s.cfg_scale),
+                uncond_drops=tuple(s.uncond_drops),
             )
             return builder.decode(latents)
 
@@ -349,6 +351,7 @@ def check_inputs(cfg: DictConfig) -> tuple[str, torch.device, list[str]]:
             option(cfg, key, float)
         for key in ("sampling.steps", "sampling.window_frames", "sampling.overlap_frames"):
             option(cfg, key, int)
+        option_subset(cfg, "sampling.uncond_drops", CONDITION_NAMES)
     names = list(option(cfg, "splits", list | None) or cfg.default_splits[mode])
     unknown = [name for name in names if name not in cfg.datasets]
     if unknown:

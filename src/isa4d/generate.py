@@ -27,14 +27,14 @@ from PIL import Image
 
 from isa4d.body import rest_joints
 from isa4d.callbacks.dit import draw_points, to_device
-from isa4d.config import check_output_file, option, require_file
+from isa4d.config import check_output_file, option, option_subset, require_file
 from isa4d.data.augment import ClipAugment
 from isa4d.data.datamodules import reference_tensors, rgb_tensor
 from isa4d.data.format import Cameras, Reference, SMPLParams, decode_camera, decode_sample, decode_smpl
 from isa4d.data.mocap import augment_motion, list_clips, retarget_clip
 from isa4d.data.shards import MANIFEST, read_manifest, shard_paths
 from isa4d.data.video_io import encode_video, read_video
-from isa4d.diffusion import STRATEGIES, sample_long
+from isa4d.diffusion import CONDITION_NAMES, STRATEGIES, sample_long
 from isa4d.errors import ConfigError, DataError, MissingFileError
 from isa4d.geometry import TRAJECTORIES, camera_center, make_trajectory
 from isa4d.modules.dit_module import load_dit_module
@@ -68,6 +68,7 @@ def check_options(cfg: DictConfig) -> Size:
         raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
     if option(cfg, "cfg_scale", float) < 0:
         raise ConfigError(f"cfg_scale must be >= 0, got {cfg.cfg_scale}")
+    option_subset(cfg, "uncond_drops", CONDITION_NAMES)
     for key in ("shift", "fps", "camera_sweep_deg"):
         option(cfg, key, float)
     option(cfg, "seed", int)
@@ -310,6 +311,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             num_steps=int(cfg.steps),
             shift=float(cfg.shift),
             guidance_scale=float(cfg.cfg_scale),
+            uncond_drops=tuple(cfg.uncond_drops),
             progress=True,
         )
         video = tensor_to_frames(module.builder.decode(latents)[0])[: int(cfg.num_frames)]
