@@ -165,6 +165,8 @@ def test_slurm_job_runs_one_task_per_gpu_with_the_trainer_of_its_allocation(tmp_
         "trainer=fsdp",
         "trainer.num_nodes=4",
         "trainer.devices=8",
+        "hydra.run.dir=${paths.log_dir}/${task_name}/slurm/7",  # the same folder when the job is requeued
+        "ckpt_path=last",  # which resumes from its last.ckpt
         "experiment=x",
     ]
     assert (work / "logs" / "slurm").is_dir()

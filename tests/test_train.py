@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
 import subprocess
 import sys
@@ -54,6 +56,36 @@ def test_fit_learns_checkpoints_and_resumes(tmp_path):
     train(cfg)
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == 60
+
+
+def test_ckpt_path_last_resumes_the_run_folders_own_checkpoint(tmp_path, caplog):
+    """`ckpt_path=last` (what a requeued SLURM job starts with, in its first run folder): the first start
+    trains from step 0; a second start in the same folder resumes from that folder's last.ckpt."""
+    overrides = [
+        *CPU,
+        "trainer.max_steps=20",
+        "callbacks.model_checkpoint.every_n_train_steps=10",
+        "ckpt_path=last",
+    ]
+    cfg = with_toy_task(compose_for_test("train_dit", tmp_path, overrides))
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    assert f"ckpt_path=last: no {last} yet, training from the start" in caplog.messages
+    assert not any("Restored all states" in message for message in caplog.messages)
+    assert torch.load(last, weights_only=True)["global_step"] == 20
+    caplog.clear()
+    with open_dict(cfg):
+        cfg.trainer.max_steps = 30
+    with caplog.at_level(logging.INFO):
+        train(cfg)
+    assert f"ckpt_path=last: resuming from {last}" in caplog.messages
+    assert f"Restored all states from the checkpoint at {last}" in caplog.messages
+    assert torch.load(last, weights_only=True)["global_step"] == 30
+    # One metrics.csv with the rows of both starts (Lightning's CSVLogger deleted the first start's).
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv", newline="") as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss")]
+    assert min(steps) < 20 <= max(steps) and max(steps) >= 29 and steps == sorted(steps)
 
 
 def test_optimized_metric_is_returned(tmp_path):

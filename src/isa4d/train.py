@@ -37,6 +37,10 @@ def _require_target(cfg: DictConfig, key: str) -> None:
         )
 
 
+RESUME_OWN_LAST = "last"
+"""`ckpt_path=last`: resume from the run folder's own last.ckpt if there is one (requeued SLURM jobs)."""
+
+
 def _instantiate_named(node: DictConfig | None) -> list[Any]:
     """Instantiate every `_target_` entry of a `{name: config}` group (callbacks, loggers)."""
     if not node:
@@ -44,15 +48,31 @@ def _instantiate_named(node: DictConfig | None) -> list[Any]:
     return [instantiate(sub) for sub in node.values() if sub is not None and "_target_" in sub]
 
 
+def _resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint to resume from: `ckpt_path` as given, or for `ckpt_path=last` this run's own
+    `<checkpoints>/last.ckpt` when it exists (a requeued job in its first run folder), else None (the
+    first start)."""
+    if cfg.get("ckpt_path") != RESUME_OWN_LAST:
+        return cfg.get("ckpt_path") or None
+    folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    last = Path(folder or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+    if last.exists():
+        log.info("ckpt_path=last: resuming from %s", last)
+        return str(last)
+    log.info("ckpt_path=last: no %s yet, training from the start", last)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and optionally test) the configured model; returns the final logged metrics."""
     _require_target(cfg, "data")
     _require_target(cfg, "model")
-    if cfg.get("ckpt_path"):
-        resume = Path(cfg.ckpt_path)
+    ckpt_path = _resume_path(cfg)
+    if ckpt_path:
+        resume = Path(ckpt_path)
         if not resume.exists():
             raise MissingFileError(
-                f"ckpt_path={cfg.ckpt_path} does not exist (resume needs a Lightning .ckpt, or the "
+                f"ckpt_path={ckpt_path} does not exist (resume needs a Lightning .ckpt, or the "
                 "checkpoint folder of a trainer=fsdp run)"
             )
         # Read as Lightning will read it (weights_only=True), so that a bad file fails here with one
@@ -76,7 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("train", True):
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:  # Lightning stopped after the batch a signal arrived in
             _exit_preempted(cfg, trainer)
         if trainer.received_sigterm:  # the signal came in the last batch: stopped all the same
