@@ -509,6 +509,14 @@ def test_benchmark_writes_its_reports(tmp_path, monkeypatch):
     assert "| tiny | 5 |" in table and "missing" in table
 
 
+def test_benchmark_refuses_clip_lengths_the_vae_cannot_take(capsys):
+    from isa4d.bench import vae as bench
+
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--frames", "17", "18"])
+    assert "--frames must be 1 + 4k, got 18" in capsys.readouterr().err
+
+
 def test_encode_config_composes():
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("encode", overrides=["ckpt_path=a.ckpt", "input_dir=in", "output_dir=out"])

@@ -19,3 +19,10 @@ def run_or_work(
         print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
         return
     run(args)
+
+
+def check_clip_frames(parser: argparse.ArgumentParser, frames: list[int]) -> None:
+    """Exit through `parser.error` unless every clip length is `1 + 4k` (the causal VAE's 4x time)."""
+    for count in frames:
+        if count < 1 or (count - 1) % 4:
+            parser.error(f"--frames must be 1 + 4k, got {count}")

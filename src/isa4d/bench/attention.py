@@ -63,10 +63,9 @@ from typing import Any
 
 import torch
 
-from isa4d.bench import run_or_work
+from isa4d.bench import check_clip_frames, run_or_work
 from isa4d.bench.vae import _reset_peak_rss, _rss_kib
 from isa4d.models.dit import (
-    FRAMES_PER_LATENT,
     DiTConditions,
     build_dit,
     frame_padding,
@@ -968,9 +967,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for frames in args.frames:
-        if frames < 1 or (frames - 1) % FRAMES_PER_LATENT:
-            parser.error(f"--frames must be 1 + 4k, got {frames}")
+    check_clip_frames(parser, args.frames)
     for resolution in args.resolutions:
         if resolution <= 0 or resolution % (2 * LATENT_FACTOR):
             parser.error(

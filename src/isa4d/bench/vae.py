@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from isa4d.bench import run_or_work
+from isa4d.bench import check_clip_frames, run_or_work
 from isa4d.utils.files import write_json_atomic, write_text_atomic
 
 DEFAULT_FRAMES = (17, 33, 97, 193)
@@ -321,9 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="experiments/bench", help="folder of vae.json and vae.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for frames in args.frames:
-        if frames < 1 or (frames - 1) % 4:
-            parser.error(f"--frames must be 1 + 4k, got {frames}")
+    check_clip_frames(parser, args.frames)
     if args.chunk_frames <= 0 or args.chunk_frames % 4 or args.resolution % 8:
         parser.error("--chunk-frames must be a positive multiple of 4 and --resolution a multiple of 8")
     return args
