@@ -7,9 +7,18 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from isa4d.config import compose
+from isa4d.data.shards import VERIFIED_SHARDS_ENV
 
 TOY_DATA = {"_target_": "toy_lightning.ToyDataModule", "batch_size": 32, "num_workers": 0}
 TOY_MODEL = {"_target_": "toy_lightning.ToyModule", "lr": 0.05}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _verified_shards_in_tmp(tmp_path_factory):
+    """`verify_shards` remembers verified shards in a file of this test session, not in ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(VERIFIED_SHARDS_ENV, str(tmp_path_factory.mktemp("cache") / "verified_shards.json"))
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -37,7 +37,14 @@ from isa4d.data.format import CHECKSUMS, META, VIDEO, Clip, InvalidSampleError, 
 from isa4d.data.latents import check_latent_cache
 from isa4d.data.pipeline import SkipCounter, decode_window, read_header
 from isa4d.data.prepare import ClipDefaults, load_clip_folder, prepare_folder
-from isa4d.data.shards import MANIFEST, check_writable, shard_paths, update_manifest, verify_shards
+from isa4d.data.shards import (
+    MANIFEST,
+    check_writable,
+    shard_paths,
+    update_manifest,
+    verified_shards_file,
+    verify_shards,
+)
 from isa4d.encode import encode, main
 from isa4d.errors import ConfigError, DataError, ISA4DError, OutputExistsError
 from isa4d.utils.files import file_sha256
@@ -335,6 +342,34 @@ def test_manifest_records_and_verifies_every_shard_checksum(tmp_path, caplog):
     path.write_bytes(data[:-512])
     with pytest.raises(DataError, match=r"\(\d+ bytes, the manifest says \d+\).*verify_checksums=false"):
         verify_shards(tmp_path, "train")
+
+
+def test_verified_shards_are_not_read_again_until_they_change(tmp_path, monkeypatch):
+    write_shards([video_clip(f"c{i}") for i in range(3)], tmp_path, "train", 2, 1e9, progress=False)
+    names = [shard["name"] for shard in read_manifest(tmp_path)["splits"]["train"]["shards"]]
+    reads = []
+
+    def counted_sha256(path):
+        reads.append(Path(path).name)
+        return file_sha256(path)
+
+    monkeypatch.setattr(shards_module, "file_sha256", counted_sha256)
+    assert verify_shards(tmp_path, "train") == 2 and reads == names  # every byte, once
+    memory = json.loads(verified_shards_file().read_text())
+    assert {str((tmp_path / name).resolve()) for name in names} <= set(memory)
+    assert verify_shards(tmp_path, "train") == 2 and reads == names  # remembered: not read again
+
+    path = tmp_path / names[1]
+    data = path.read_bytes()
+    path.write_bytes(flip_bit(data, 0.3))  # same size, a new modification time: read again, refused
+    with pytest.raises(DataError, match="its SHA-256 differs"):
+        verify_shards(tmp_path, "train")
+    assert reads == [*names, names[1]]
+    path.write_bytes(data)  # restored: read again, passes, remembered
+    assert verify_shards(tmp_path, "train") == 2 and reads == [*names, names[1], names[1]]
+    verified_shards_file().write_text("{not json")  # an unreadable memory: every shard read again
+    assert verify_shards(tmp_path, "train") == 2 and reads[-2:] == names
+    assert verify_shards(tmp_path, "train") == 2 and len(reads) == 6
 
 
 def write_manifest(folder: Path, manifest: object) -> Path:

@@ -174,11 +174,35 @@ def shard_paths(data_dir: str | Path, split: str) -> list[Path]:
     return [Path(data_dir) / shard["name"] for shard in _split_shards(data_dir, split)]
 
 
-def verify_shards(data_dir: str | Path, split: str) -> int:
-    """Check the size and SHA-256 of every shard of `split` against the manifest (reads every byte).
+VERIFIED_SHARDS_ENV = "ISA4D_VERIFIED_SHARDS"
+"""Environment variable naming the file of verified shards (default `~/.cache/isa4d/verified_shards.json`)."""
 
-    Shards listed without a `sha256` (manifests written before the checksums, or edited by hand) are not
-    checked; a warning counts them.
+
+def verified_shards_file() -> Path:
+    """The file where `verify_shards` remembers the shards that passed: `$ISA4D_VERIFIED_SHARDS`, else
+    `~/.cache/isa4d/verified_shards.json`."""
+    return Path(
+        os.environ.get(VERIFIED_SHARDS_ENV) or Path.home() / ".cache" / "isa4d" / "verified_shards.json"
+    )
+
+
+def _read_verified(path: Path) -> dict[str, dict[str, Any]]:
+    """`{absolute shard path: {"num_bytes", "mtime_ns", "sha256"}}` of `path`; empty if it is unreadable."""
+    try:
+        verified = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return verified if isinstance(verified, dict) else {}
+
+
+def verify_shards(data_dir: str | Path, split: str) -> int:
+    """Check the size and SHA-256 of every shard of `split` against the manifest.
+
+    A shard's bytes are read once per machine: one that passed is remembered (`verified_shards_file()`,
+    by absolute path, size, modification time and the manifest's SHA-256) and only its size is checked
+    again while none of these changed. Rewriting a shard changes its modification time, so it is read
+    again. Shards listed without a `sha256` (manifests written before the checksums, or edited by hand)
+    are not checked; a warning counts them.
 
     Returns:
         The number of shards verified.
@@ -190,7 +214,9 @@ def verify_shards(data_dir: str | Path, split: str) -> int:
     """
     data_dir = Path(data_dir)
     shards = _split_shards(data_dir, split)
-    unverified = 0
+    memory = verified_shards_file()
+    verified = _read_verified(memory)
+    unverified, learned = 0, False
     for shard in shards:
         path = data_dir / shard["name"]
         if not path.is_file():
@@ -198,17 +224,28 @@ def verify_shards(data_dir: str | Path, split: str) -> int:
         if "sha256" not in shard:
             unverified += 1
             continue
-        size = path.stat().st_size
-        if size != shard["num_bytes"]:
-            found = f"{size} bytes, the manifest says {shard['num_bytes']}"
+        stat = path.stat()
+        key = str(path.resolve())
+        record = {"num_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": shard["sha256"]}
+        if stat.st_size != shard["num_bytes"]:
+            found = f"{stat.st_size} bytes, the manifest says {shard['num_bytes']}"
+        elif verified.get(key) == record:
+            continue
         elif file_sha256(path) != shard["sha256"]:
             found = "its SHA-256 differs from the manifest's"
         else:
+            verified[key], learned = record, True
             continue
         raise DataError(
             f"{path} is corrupt or was replaced ({found}); {REBUILD}, or set data.verify_checksums=false "
             "to read it unchecked"
         )
+    if learned:
+        kept = {name: record for name, record in verified.items() if Path(name).is_file()}
+        try:
+            write_json_atomic(memory, kept)
+        except OSError as error:  # a read-only home: every setup reads the shards again
+            log.warning("could not remember the verified shards in %s (%s)", memory, error)
     if unverified:
         log.warning(
             "%s: %d %r shard(s) have no sha256 in %s: not verified", data_dir, unverified, split, MANIFEST
