@@ -6,6 +6,7 @@ In-process tests run `isa4d.cli.main` on the real configs with a stub task (`stu
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+import isa4d
 import isa4d.encode
 import isa4d.evaluate
 import isa4d.generate
@@ -237,10 +239,14 @@ def test_every_shipped_config_passes_the_target_check():
 
 
 def test_target_check_refuses_unknown_targets_and_arguments():
-    cfg = compose(
-        "train_dit", ["experiment=dit_tiny_cpu", "+data.batchsize=3", "model._target_=isa4d.nope.X"]
-    )
+    cfg = compose("train_dit", ["experiment=dit_tiny_cpu", "model._target_=isa4d.nope.X"])
     with pytest.raises(ConfigError, match=r"model._target_='isa4d.nope.X' cannot be imported"):
+        check_targets(cfg)
+    GlobalHydra.instance().clear()
+    # A target that takes **kwargs: the suite's classes pass them to their base, whose arguments are known.
+    cfg = compose("train_dit", ["experiment=dit_tiny_cpu", "+data.batchsize=3"])
+    refused = r"^data.batchsize is not an argument of isa4d.data.latents.HumanLatentDataModule \(it takes: "
+    with pytest.raises(ConfigError, match=refused + ".*batch_size"):
         check_targets(cfg)
     GlobalHydra.instance().clear()
     cfg = compose("train_vae", ["experiment=vae_tiny_cpu", "+trainer.max_step=3"])
@@ -248,6 +254,28 @@ def test_target_check_refuses_unknown_targets_and_arguments():
         ConfigError, match=r"trainer.max_step is not an argument of lightning.pytorch.Trainer"
     ):
         check_targets(cfg)
+
+
+def test_the_suites_classes_pass_their_kwargs_to_their_base():
+    """What lets `check_targets` treat their arguments as closed: every `__init__` of the suite that takes
+    `**kwargs` hands them to `super().__init__`."""
+    found = []
+    for path in sorted((Path(isa4d.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for init in node.body:
+                if not (isinstance(init, ast.FunctionDef) and init.name == "__init__" and init.args.kwarg):
+                    continue
+                found.append(f"{path.name}:{node.name}")
+                kwargs = init.args.kwarg.arg
+                assert any(
+                    isinstance(call, ast.Call)
+                    and ast.unparse(call.func) == "super().__init__"
+                    and any(k.arg is None and ast.unparse(k.value) == kwargs for k in call.keywords)
+                    for call in ast.walk(init)
+                ), f"{path}: {node.name}.__init__ does not pass **{kwargs} to super().__init__"
+    assert "datamodules.py:HumanVideoDataModule" in found  # the scan sees them
 
 
 def test_paths_are_checked_without_creating_anything(tmp_path):

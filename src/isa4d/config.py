@@ -171,11 +171,14 @@ def option_subset(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> tuple[
 def _arguments(target: Callable) -> tuple[dict[str, Any], bool]:
     """The keyword arguments of `target` with their type hints (`inspect.Parameter.empty`: none), and
     whether that list is closed (no `**kwargs`). A class taking `**kwargs` adds the arguments of the
-    `__init__` of its bases (where they usually go); a hint that cannot be evaluated is left out."""
+    `__init__` of its bases (where they usually go); a hint that cannot be evaluated is left out. The
+    suite's own classes pass their `**kwargs` to `super().__init__` (tests/test_cli_errors.py checks the
+    source), so their list is closed when their bases' is."""
     functions = [target]
     if isinstance(target, type):
         functions = [klass.__init__ for klass in target.__mro__[:-1] if "__init__" in vars(klass)]
     arguments: dict[str, Any] = {}
+    forwarded = True  # every `**kwargs` so far goes on to the next base's `__init__`
     for index, function in enumerate(functions):
         try:
             parameters = inspect.signature(function).parameters
@@ -193,8 +196,14 @@ def _arguments(target: Callable) -> tuple[dict[str, Any], bool]:
             if keyword and not (position == 0 and function is not target):  # not `self`
                 arguments.setdefault(name, hints.get(name, inspect.Parameter.empty))
         if all(p.kind != inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return arguments, index == 0
+            return arguments, index == 0 or forwarded
+        forwarded = forwarded and isinstance(target, type) and _is_ours(function)
     return arguments, False
+
+
+def _is_ours(function: Callable) -> bool:
+    """Whether `function` is defined in the suite (whose `__init__`s pass `**kwargs` to their base)."""
+    return getattr(function, "__module__", "").partition(".")[0] == "isa4d"
 
 
 def _locate(target: Any, key: str) -> Callable:
