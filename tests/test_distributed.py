@@ -15,6 +15,7 @@ seconds), hence `slow`; the FSDP tests share one run (`fsdp_run`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -22,13 +23,14 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import lightning as L
 import pytest
 import torch
 import torch.multiprocessing as mp
 from hydra.utils import instantiate
-from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, model_parallel
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor, Shard
@@ -46,6 +48,8 @@ from isa4d.models.dit import ISADiT
 from isa4d.models.vae import vae_tiny
 from isa4d.modules import EMA, DiTModule, VAEModule
 from isa4d.modules.dit_module import consolidate_checkpoint, seeded_noise
+from isa4d.utils.checkpoint_io import AtomicModelParallelStrategy
+from isa4d.utils.files import file_sha256
 
 __all__ = ["vae_ckpt"]  # fixture
 
@@ -271,16 +275,44 @@ def _shard_layout(module: DiTModule) -> dict[str, int]:
     return {"local": local, "total": sum(p.numel() for p in module.dit.parameters())}
 
 
+def _folder_digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a checkpoint folder, by name."""
+    return {path.name: file_sha256(path) for path in sorted(folder.iterdir())}
+
+
+def _names(folder: Path, name: str) -> list[str]:
+    """The entries of `folder` whose name contains `name` (a checkpoint and what its saves leave)."""
+    return sorted(path.name for path in folder.iterdir() if name in path.name)
+
+
 def _fsdp_worker(rank: int, vae_path: Path, batch: dict[str, Any], out: Path) -> None:
     local = take(batch, rank)  # the global batch: sample `rank` on this rank
     module = fixed_step_module(vae_path)
-    fit = cpu_trainer(out, 2, ModelParallelStrategy(), limit_val_batches=0)
+    fit = cpu_trainer(out, 2, AtomicModelParallelStrategy(), limit_val_batches=0)
     fit.fit(module, train_dataloaders=repeat(local, 2))
     layout = _shard_layout(module)
     with module.ema_scope():
         ema_losses = module.fixed_time_losses(local)
     live_losses = module.fixed_time_losses(local)
     fit.save_checkpoint(out / "sharded.ckpt")  # a folder: one file per rank (torch.distributed.checkpoint)
+    saved = _folder_digest(out / "sharded.ckpt")
+
+    # A save that fails while the shards are written leaves the folder above as it was; the next save
+    # replaces it and leaves nothing else behind.
+    def half_written(state: dict, path: Path) -> None:  # this rank's shard file begun, then the disk is full
+        (Path(path) / f"__{rank}_0.distcp").write_bytes(b"half")
+        raise OSError("disk full")
+
+    with mock.patch.object(model_parallel, "_distributed_checkpoint_save", half_written):
+        with contextlib.suppress(OSError):
+            fit.save_checkpoint(out / "sharded.ckpt")
+    fit.strategy.barrier()
+    interrupted = {
+        "kept": _folder_digest(out / "sharded.ckpt") == saved,
+        "names": _names(out, "sharded.ckpt"),
+    }
+    fit.save_checkpoint(out / "sharded.ckpt")
+    leftovers = _names(out, "sharded.ckpt")
     fit.strategy._save_distributed_checkpoint = False  # the same strategy, writing one gathered file
     fit.save_checkpoint(out / "full.ckpt")
     trained = full_state(module)
@@ -302,6 +334,8 @@ def _fsdp_worker(rank: int, vae_path: Path, batch: dict[str, Any], out: Path) ->
         "trained": trained,
         "reloaded": full_state(reloaded),
         "resumed_step": resume.global_step,
+        "interrupted": interrupted,
+        "leftovers": leftovers,
         "dtypes": {name: str(dtype) for name, dtype in dtypes.items()},
         "val_loss": float(mixed_fit.callback_metrics["val/flow_loss"]),
         "samples": str(samples.last_path),
@@ -378,6 +412,9 @@ def test_fsdp_checkpoints_round_trip(fsdp_run, tmp_path):
     run resumes from it, and consolidates into one file; the full checkpoint (one file gathered on rank 0)
     loads in one process. All hold the trained weights exactly."""
     assert all(result["resumed_step"] == 2 for result in fsdp_run["ranks"])
+    for result in fsdp_run["ranks"]:  # AtomicModelParallelStrategy (conf/trainer/fsdp.yaml)
+        assert result["interrupted"] == {"kept": True, "names": [".sharded.ckpt.partial", "sharded.ckpt"]}
+        assert result["leftovers"] == ["sharded.ckpt"]
     trained, reloaded = fsdp_run["ranks"][0]["trained"], fsdp_run["ranks"][0]["reloaded"]
     assert reloaded.keys() == trained.keys()
     for name, value in trained.items():

@@ -4,17 +4,21 @@ Lightning's `TorchCheckpointIO` serialises into memory, then writes through an f
 temporary file lies in the system temporary folder: when that is another filesystem the final move is a
 copy, and a kill during it leaves a truncated `last.ckpt`. :class:`AtomicCheckpointIO` writes through
 :func:`isa4d.utils.files.atomic_write` instead: a temporary file beside the checkpoint, fsynced, then
-renamed over it (`os.replace`, atomic within one filesystem).
+renamed over it (`os.replace`, atomic within one filesystem). :class:`AtomicModelParallelStrategy` does
+the same for the checkpoint folders of `trainer=fsdp` (one file per rank).
 """
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from isa4d.utils.files import atomic_write
 
@@ -36,4 +40,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, file)
 
 
-__all__ = ["AtomicCheckpointIO"]
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's `ModelParallelStrategy` (`trainer=fsdp`) whose checkpoint folders are written whole or not
+    at all: every rank writes into `.<name>.partial` beside the checkpoint, then rank 0 swaps it in (the
+    previous folder is renamed to `.<name>.old` and removed). Lightning writes into the checkpoint's own
+    folder, so a kill during a save left a mix of old and new shards under the name a resume reads.
+
+    A kill between the two renames leaves no `<name>` but the previous checkpoint as `.<name>.old`.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None
+    ) -> None:
+        if not self._save_distributed_checkpoint:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        path = Path(self.broadcast(filepath))
+        partial, old = (path.with_name(f".{path.name}.{suffix}") for suffix in ("partial", "old"))
+        if self.global_rank == 0:
+            _remove(partial)  # what an interrupted save left
+        self.barrier("partial checkpoint folder")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("checkpoint shards written")
+        if self.global_rank == 0:
+            _remove(old)
+            if path.exists():
+                path.rename(old)
+            partial.rename(path)
+            _remove(old)
+        self.barrier("checkpoint folder in place")
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree, if there is one."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+__all__ = ["AtomicCheckpointIO", "AtomicModelParallelStrategy"]
