@@ -23,7 +23,7 @@ class CSVLogger(LightningCSVLogger):
     """Lightning's `CSVLogger`, except that a run started again in its own folder (a resume with
     `ckpt_path=last`, a requeued job) appends to `metrics.csv` instead of deleting the rows logged so far.
     Steps logged after the checkpoint and before the interruption appear twice (the later row is the
-    resumed run's)."""
+    resumed run's). A new run started in an old run's folder appends too: give each run its own folder."""
 
     @property
     @rank_zero_experiment
