@@ -551,7 +551,7 @@ def _resolution(data_cfg: Any) -> tuple[int, int]:
 def _vae_config(cfg: DictConfig) -> dict[str, Any]:
     """The frozen VAE a DiT run holds: the config in `model.vae_ckpt` when it is a file, else `vae_model`."""
     from isa4d.models.vae import VAE_MODELS, build_vae
-    from isa4d.modules.vae_module import read_checkpoint
+    from isa4d.modules.checkpoints import read_checkpoint
 
     ckpt = OmegaConf.select(cfg, "model.vae_ckpt", default=None, throw_on_missing=False)
     if ckpt not in (None, "???") and Path(str(ckpt)).is_file():

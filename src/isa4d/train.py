@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from isa4d.callbacks.preemption import PreemptionCheckpoint
 from isa4d.config import config_dir
 from isa4d.errors import MissingFileError
-from isa4d.modules.vae_module import check_sharded_checkpoint, read_checkpoint
+from isa4d.modules.checkpoints import check_sharded_checkpoint, read_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -42,9 +42,10 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from isa4d.body import PROCEDURAL, load_body_model
 from isa4d.diffusion import FlowMatching, flow_matching_loss
 from isa4d.models.dit import DiTConditions, ISADiT, person_cells, slice_conditions
+from isa4d.modules.checkpoints import check_sharded_checkpoint, read_checkpoint
 from isa4d.modules.dit_batch import ConditionBuilder
 from isa4d.modules.ema import EMA
-from isa4d.modules.vae_module import check_sharded_checkpoint, load_vae, read_checkpoint
+from isa4d.modules.vae_module import load_vae
 from isa4d.utils.files import atomic_write
 
 log = logging.getLogger(__name__)
