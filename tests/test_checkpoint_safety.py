@@ -32,6 +32,7 @@ from isa4d.modules import DiTModule, check_sharded_checkpoint, load_dit_module, 
 from isa4d.modules.dit_module import consolidate_checkpoint
 from isa4d.modules.vae_module import LATENT_STATS_KEY
 from isa4d.train import train
+from isa4d.utils.checkpoint_io import SafeModelParallelStrategy
 from test_vae_module import ClipDataModule, make_module, make_trainer, photo_clips, tiny_config
 from toy_lightning import ToyDataModule, ToyModule
 
@@ -132,8 +133,9 @@ def _sharded_folder(folder: Path, entries: dict) -> Path:
 @pytest.mark.filterwarnings("ignore:torch.distributed is .*uninitialized:UserWarning")
 def test_sharded_checkpoints_are_checked_before_torch_reads_them(tmp_path):
     """torch reads a folder's `.metadata` with plain pickle and its non-tensor entries with
-    `weights_only=False`; `check_sharded_checkpoint` (used by `consolidate_checkpoint` and the resume of
-    `isa4d.train`) refuses a payload in either before that, and passes real folders."""
+    `weights_only=False`; `check_sharded_checkpoint` (used by `consolidate_checkpoint`, the resume of
+    `isa4d.train` and the load of `trainer=fsdp`'s strategy) refuses a payload in either before that, and
+    passes real folders."""
     weights = {"w": torch.arange(6.0).view(2, 3)}
     optimizer = {"state": {}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.99), "params": [0]}]}
     good = _sharded_folder(tmp_path / "good", {"state_dict": weights, "optimizer_0": optimizer})
@@ -149,6 +151,7 @@ def test_sharded_checkpoints_are_checked_before_torch_reads_them(tmp_path):
         check_sharded_checkpoint,
         lambda folder: consolidate_checkpoint(folder, tmp_path / "out.ckpt"),
         lambda folder: _resume(folder, tmp_path),
+        SafeModelParallelStrategy().load_checkpoint,  # trainer=fsdp's own load, whoever resumes
     ]
     for folder, file in [(evil_metadata, ".metadata"), (evil_entry, "__0_0.distcp")]:
         refused = f"{folder / file} holds the Python object posix.system, refused because loading it"

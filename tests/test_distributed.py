@@ -48,7 +48,7 @@ from isa4d.models.dit import ISADiT
 from isa4d.models.vae import vae_tiny
 from isa4d.modules import EMA, DiTModule, VAEModule
 from isa4d.modules.dit_module import consolidate_checkpoint, seeded_noise
-from isa4d.utils.checkpoint_io import AtomicModelParallelStrategy
+from isa4d.utils.checkpoint_io import SafeModelParallelStrategy
 from isa4d.utils.files import file_sha256
 
 __all__ = ["vae_ckpt"]  # fixture
@@ -288,7 +288,7 @@ def _names(folder: Path, name: str) -> list[str]:
 def _fsdp_worker(rank: int, vae_path: Path, batch: dict[str, Any], out: Path) -> None:
     local = take(batch, rank)  # the global batch: sample `rank` on this rank
     module = fixed_step_module(vae_path)
-    fit = cpu_trainer(out, 2, AtomicModelParallelStrategy(), limit_val_batches=0)
+    fit = cpu_trainer(out, 2, SafeModelParallelStrategy(), limit_val_batches=0)
     fit.fit(module, train_dataloaders=repeat(local, 2))
     layout = _shard_layout(module)
     with module.ema_scope():
@@ -318,7 +318,7 @@ def _fsdp_worker(rank: int, vae_path: Path, batch: dict[str, Any], out: Path) ->
     trained = full_state(module)
 
     reloaded = fixed_step_module(vae_path, seed=1)  # other weights, overwritten by the checkpoint
-    resume = cpu_trainer(out, 2, ModelParallelStrategy(), limit_val_batches=0)  # restored at step 2: done
+    resume = cpu_trainer(out, 2, SafeModelParallelStrategy(), limit_val_batches=0)  # restored at step 2
     resume.fit(reloaded, repeat(local, 2), ckpt_path=out / "sharded.ckpt", weights_only=True)
 
     # A bf16-mixed step, then validation (EMA swapped in) with sample videos: the sharded DiT runs on
@@ -412,7 +412,7 @@ def test_fsdp_checkpoints_round_trip(fsdp_run, tmp_path):
     run resumes from it, and consolidates into one file; the full checkpoint (one file gathered on rank 0)
     loads in one process. All hold the trained weights exactly."""
     assert all(result["resumed_step"] == 2 for result in fsdp_run["ranks"])
-    for result in fsdp_run["ranks"]:  # AtomicModelParallelStrategy (conf/trainer/fsdp.yaml)
+    for result in fsdp_run["ranks"]:  # SafeModelParallelStrategy (conf/trainer/fsdp.yaml)
         assert result["interrupted"] == {"kept": True, "names": [".sharded.ckpt.partial", "sharded.ckpt"]}
         assert result["leftovers"] == ["sharded.ckpt"]
     trained, reloaded = fsdp_run["ranks"][0]["trained"], fsdp_run["ranks"][0]["reloaded"]

@@ -4,8 +4,9 @@ Lightning's `TorchCheckpointIO` serialises into memory, then writes through an f
 temporary file lies in the system temporary folder: when that is another filesystem the final move is a
 copy, and a kill during it leaves a truncated `last.ckpt`. :class:`AtomicCheckpointIO` writes through
 :func:`isa4d.utils.files.atomic_write` instead: a temporary file beside the checkpoint, fsynced, then
-renamed over it (`os.replace`, atomic within one filesystem). :class:`AtomicModelParallelStrategy` does
-the same for the checkpoint folders of `trainer=fsdp` (one file per rank).
+renamed over it (`os.replace`, atomic within one filesystem). :class:`SafeModelParallelStrategy` does
+the same for the checkpoint folders of `trainer=fsdp` (one file per rank), and checks a folder before
+torch reads it (`check_sharded_checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from isa4d.modules.checkpoints import check_sharded_checkpoint
 from isa4d.utils.files import atomic_write
 
 
@@ -40,14 +42,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, file)
 
 
-class AtomicModelParallelStrategy(ModelParallelStrategy):
+class SafeModelParallelStrategy(ModelParallelStrategy):
     """Lightning's `ModelParallelStrategy` (`trainer=fsdp`) whose checkpoint folders are written whole or not
-    at all: every rank writes into `.<name>.partial` beside the checkpoint, then rank 0 swaps it in (the
-    previous folder is renamed to `.<name>.old` and removed). Lightning writes into the checkpoint's own
-    folder, so a kill during a save left a mix of old and new shards under the name a resume reads.
+    at all and are checked before torch reads them.
 
-    A kill between the two renames leaves no `<name>` but the previous checkpoint as `.<name>.old`.
+    Saving: every rank writes into `.<name>.partial` beside the checkpoint, then rank 0 swaps it in (the
+    previous folder is renamed to `.<name>.old` and removed). Lightning writes into the checkpoint's own
+    folder, so a kill during a save left a mix of old and new shards under the name a resume reads. A kill
+    between the two renames leaves no `<name>` but the previous checkpoint as `.<name>.old`.
+
+    Loading: a folder goes through `check_sharded_checkpoint` first (torch reads its `.metadata` with plain
+    pickle), whoever starts the resume (`isa4d train-*` also checks it before building anything).
     """
+
+    def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
+        if Path(checkpoint_path).is_dir():
+            check_sharded_checkpoint(checkpoint_path)
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None
@@ -79,4 +90,4 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["AtomicCheckpointIO", "AtomicModelParallelStrategy"]
+__all__ = ["AtomicCheckpointIO", "SafeModelParallelStrategy"]
