@@ -317,9 +317,14 @@ def _fsdp_worker(rank: int, vae_path: Path, batch: dict[str, Any], out: Path) ->
     fit.save_checkpoint(out / "full.ckpt")
     trained = full_state(module)
 
+    # A save killed between its two renames: no sharded.ckpt, the previous folder as .sharded.ckpt.old.
+    if rank == 0:
+        (out / "sharded.ckpt").rename(out / ".sharded.ckpt.old")
+    fit.strategy.barrier()
     reloaded = fixed_step_module(vae_path, seed=1)  # other weights, overwritten by the checkpoint
     resume = cpu_trainer(out, 2, SafeModelParallelStrategy(), limit_val_batches=0)  # restored at step 2
     resume.fit(reloaded, repeat(local, 2), ckpt_path=out / "sharded.ckpt", weights_only=True)
+    restored = _names(out, "sharded.ckpt")
 
     # A bf16-mixed step, then validation (EMA swapped in) with sample videos: the sharded DiT runs on
     # every rank, rank 0 writes. Parameters and buffers stay float32.
@@ -336,6 +341,7 @@ def _fsdp_worker(rank: int, vae_path: Path, batch: dict[str, Any], out: Path) ->
         "resumed_step": resume.global_step,
         "interrupted": interrupted,
         "leftovers": leftovers,
+        "restored": restored,
         "dtypes": {name: str(dtype) for name, dtype in dtypes.items()},
         "val_loss": float(mixed_fit.callback_metrics["val/flow_loss"]),
         "samples": str(samples.last_path),
@@ -415,6 +421,7 @@ def test_fsdp_checkpoints_round_trip(fsdp_run, tmp_path):
     for result in fsdp_run["ranks"]:  # SafeModelParallelStrategy (conf/trainer/fsdp.yaml)
         assert result["interrupted"] == {"kept": True, "names": [".sharded.ckpt.partial", "sharded.ckpt"]}
         assert result["leftovers"] == ["sharded.ckpt"]
+        assert result["restored"] == ["sharded.ckpt"]  # put back from .sharded.ckpt.old by the resume
     trained, reloaded = fsdp_run["ranks"][0]["trained"], fsdp_run["ranks"][0]["reloaded"]
     assert reloaded.keys() == trained.keys()
     for name, value in trained.items():

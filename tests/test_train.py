@@ -14,7 +14,7 @@ import torch
 from omegaconf import open_dict
 
 from conftest import compose_for_test, with_toy_task
-from isa4d.train import main, train
+from isa4d.train import _resume_path, main, train
 from toy_lightning import ToyDataModule, ToyModule
 
 CPU = [
@@ -86,6 +86,25 @@ def test_ckpt_path_last_resumes_the_run_folders_own_checkpoint(tmp_path, caplog)
     with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv", newline="") as file:
         steps = [int(row["step"]) for row in csv.DictReader(file) if row.get("train/loss")]
     assert min(steps) < 20 <= max(steps) and max(steps) >= 29 and steps == sorted(steps)
+
+
+@pytest.mark.parametrize("given", ["last", "path"])
+def test_resume_puts_back_a_sharded_checkpoint_whose_save_was_killed_between_renames(tmp_path, given, caplog):
+    """A `trainer=fsdp` save killed between its two renames leaves no `last.ckpt` folder but the previous one
+    as `.last.ckpt.old`: the resume (`ckpt_path=last` or the path) puts it back and resumes from it."""
+    cfg = compose_for_test("train_dit", tmp_path, [*CPU, f"ckpt_path={given}"])
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if given == "path":
+        with open_dict(cfg):
+            cfg.ckpt_path = str(last)
+    old = last.with_name(".last.ckpt.old")
+    old.mkdir(parents=True)
+    (old / "__0_0.distcp").write_bytes(b"shard")
+    with caplog.at_level(logging.WARNING):
+        assert _resume_path(cfg) == str(last)
+    assert not old.exists() and (last / "__0_0.distcp").read_bytes() == b"shard"
+    assert any("restored from" in message for message in caplog.messages)
+    assert _resume_path(cfg) == str(last)  # nothing left to restore: the same answer
 
 
 def test_optimized_metric_is_returned(tmp_path):

@@ -20,6 +20,7 @@ from isa4d.callbacks.preemption import PreemptionCheckpoint
 from isa4d.config import config_dir
 from isa4d.errors import MissingFileError
 from isa4d.modules.checkpoints import check_sharded_checkpoint, read_checkpoint
+from isa4d.utils.checkpoint_io import restore_interrupted_swap
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,16 @@ def _instantiate_named(node: DictConfig | None) -> list[Any]:
 def _resume_path(cfg: DictConfig) -> str | None:
     """The checkpoint to resume from: `ckpt_path` as given, or for `ckpt_path=last` this run's own
     `<checkpoints>/last.ckpt` when it exists (a requeued job in its first run folder), else None (the
-    first start)."""
-    if cfg.get("ckpt_path") != RESUME_OWN_LAST:
-        return cfg.get("ckpt_path") or None
+    first start). A `trainer=fsdp` checkpoint folder whose last save was killed between its renames is put
+    back under its name first."""
+    given = cfg.get("ckpt_path") or None
+    if given != RESUME_OWN_LAST:
+        if given:
+            restore_interrupted_swap(Path(given))
+        return given
     folder = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
     last = Path(folder or Path(cfg.paths.output_dir) / "checkpoints") / "last.ckpt"
+    restore_interrupted_swap(last)
     if last.exists():
         log.info("ckpt_path=last: resuming from %s", last)
         return str(last)

@@ -11,6 +11,7 @@ torch reads it (`check_sharded_checkpoint`).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from isa4d.modules.checkpoints import check_sharded_checkpoint
 from isa4d.utils.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,13 +52,15 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
     Saving: every rank writes into `.<name>.partial` beside the checkpoint, then rank 0 swaps it in (the
     previous folder is renamed to `.<name>.old` and removed). Lightning writes into the checkpoint's own
     folder, so a kill during a save left a mix of old and new shards under the name a resume reads. A kill
-    between the two renames leaves no `<name>` but the previous checkpoint as `.<name>.old`.
+    between the two renames leaves no `<name>` but the previous checkpoint as `.<name>.old`, which the next
+    save and every resume put back (`restore_interrupted_swap`).
 
     Loading: a folder goes through `check_sharded_checkpoint` first (torch reads its `.metadata` with plain
     pickle), whoever starts the resume (`isa4d train-*` also checks it before building anything).
     """
 
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
+        restore_interrupted_swap(Path(checkpoint_path))
         if Path(checkpoint_path).is_dir():
             check_sharded_checkpoint(checkpoint_path)
         return super().load_checkpoint(checkpoint_path, weights_only)
@@ -69,6 +74,7 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
         path = Path(self.broadcast(filepath))
         partial, old = (path.with_name(f".{path.name}.{suffix}") for suffix in ("partial", "old"))
         if self.global_rank == 0:
+            restore_interrupted_swap(path)
             _remove(partial)  # what an interrupted save left
         self.barrier("partial checkpoint folder")
         super().save_checkpoint(checkpoint, partial, storage_options)
@@ -82,6 +88,21 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
         self.barrier("checkpoint folder in place")
 
 
+def restore_interrupted_swap(path: Path) -> bool:
+    """Put a sharded checkpoint folder back under its name when a save of `SafeModelParallelStrategy` was
+    killed between its two renames (no `<name>`, the previous checkpoint as `.<name>.old`); True if it did.
+    Safe to call from every rank at once: the ranks that lose the race find it done."""
+    old = path.with_name(f".{path.name}.old")
+    if path.exists() or not old.is_dir():
+        return False
+    try:
+        old.rename(path)
+    except FileNotFoundError:  # another rank renamed it first
+        return False
+    log.warning("%s: restored from %s (a checkpoint save was interrupted between its renames)", path, old)
+    return True
+
+
 def _remove(path: Path) -> None:
     """Remove a file or a folder tree, if there is one."""
     if path.is_dir():
@@ -90,4 +111,4 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["AtomicCheckpointIO", "SafeModelParallelStrategy"]
+__all__ = ["AtomicCheckpointIO", "SafeModelParallelStrategy", "restore_interrupted_swap"]
