@@ -15,7 +15,7 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
-from scipy.stats import ttest_1samp, ttest_ind
+from scipy.stats import ttest_1samp, ttest_ind, ttest_rel
 
 from conftest import compose_for_test
 from isa4d.ablate import build_report
@@ -181,6 +181,13 @@ def test_report_tables_plots_and_failed_runs(tmp_path):
     assert rows["isa_no_pe"]["p_vs_best"] == pytest.approx(
         ttest_ind(finals["isa_no_pe"], finals["isa"], equal_var=False).pvalue
     )
+    assert (
+        rows["isa_no_pe"]["p_paired_vs_best"]
+        == pytest.approx(  # seeds 1 and 2, the ones both have
+            ttest_rel(finals["isa_no_pe"], finals["isa"][:2]).pvalue
+        )
+    )
+    assert rows["padaln_pose"]["p_paired_vs_best"] is None  # a single common seed
     assert rows["isa_no_pe"]["seeds"] == [1, 2] and rows["isa_no_pe"]["failed_seeds"] == [3]
     for name, (model, no_body) in ious.items():  # pose following: IoU, and what the body adds per seed
         gains = np.subtract(model, no_body)

@@ -229,6 +229,18 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def paired_p(a: dict[int, float], b: dict[int, float]) -> float | None:
+    """Two-sided p-value of a paired t-test of two variants' values over the seeds both have (a seed fixes
+    the training noise of every variant alike); None: under 2 common seeds, or no spread of differences."""
+    seeds = sorted(a.keys() & b.keys())
+    differences = [a[seed] - b[seed] for seed in seeds]
+    if len(seeds) < 2 or np.std(differences) == 0:
+        return None
+    from scipy.stats import ttest_rel
+
+    return float(ttest_rel([a[seed] for seed in seeds], [b[seed] for seed in seeds]).pvalue)
+
+
 def one_sample_p(values: list[float]) -> float | None:
     """Two-sided p-value of a one-sample t-test of mean 0 (None: under 2 values or no spread)."""
     if len(values) < 2 or np.std(values) == 0:
@@ -279,7 +291,14 @@ def summarize(runs: list[DiTRun]) -> list[dict[str, Any]]:
             done = row["final_mean"] is not None
             row["delta_vs_best"] = row["final_mean"] - best["final_mean"] if done else None
             row["p_vs_best"] = welch_p(row["finals"], best["finals"]) if done and row is not best else None
+            row["p_paired_vs_best"] = (
+                paired_p(_by_seed(row), _by_seed(best)) if done and row is not best else None
+            )
     return rows
+
+
+def _by_seed(row: dict[str, Any]) -> dict[int, float]:
+    return dict(zip(row["seeds"], row["finals"], strict=True))
 
 
 def noise_sentence(rows: list[dict[str, Any]]) -> str:
@@ -300,6 +319,7 @@ def noise_sentence(rows: list[dict[str, Any]]) -> str:
             "unknown" if len(row["finals"]) < 2 else "above" if (p_value or 1.0) < SIGNIFICANCE else "within"
         )
         groups[group].append(row["variant"])
+    paired = [row["variant"] for row in others if (row.get("p_paired_vs_best") or 1.0) < SIGNIFICANCE]
     parts = [f"larger than the seed noise for {_names(groups['above']) or 'no variant'}"]
     if groups["within"]:
         parts.append(f"within it for {_names(groups['within'])}")
@@ -308,7 +328,9 @@ def noise_sentence(rows: list[dict[str, Any]]) -> str:
     return (
         f"Against the best variant (`{best['variant']}`), Welch's t-test over seeds (p < {SIGNIFICANCE}, "
         f"uncorrected) finds the difference {'; '.join(parts)}. With this few seeds the test has little "
-        "power: treat close rankings as ties."
+        "power: treat close rankings as ties. Paired by seed (a seed fixes the training noise of every "
+        "variant alike; p paired) the difference exceeds the seed noise for "
+        f"{_names(paired) or 'no variant'}."
     )
 
 
@@ -326,21 +348,22 @@ def _number(value: float | None, digits: int = 4) -> str:
 def dit_table(rows: list[dict[str, Any]]) -> list[str]:
     """The Markdown table of the DiT variants."""
     lines = [
-        f"| rank | variant | seeds | steps | final {METRIC} (mean ± std) | Δ vs best | p vs best | best "
-        "| fg IoU | body gain (p) | parameters | wall time / run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| rank | variant | seeds | steps | final {METRIC} (mean ± std) | Δ vs best | p vs best | p paired "
+        "| best | fg IoU | body gain (p) | parameters | wall time / run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for rank, row in enumerate(rows, 1):
         seeds = ", ".join(str(seed) for seed in row["seeds"]) or "–"
         if row["failed_seeds"]:
             seeds += f" (failed: {', '.join(str(seed) for seed in row['failed_seeds'])})"
         if row["final_mean"] is None:
-            final, delta, p_value = "**failed**", "–", "–"
+            final, delta, p_value, p_paired = "**failed**", "–", "–", "–"
         else:
             final = _number(row["final_mean"])
             final += "" if row["final_std"] is None else f" ± {_number(row['final_std'])}"
             delta = "–" if rank == 1 else f"{row['delta_vs_best']:+.4f}"
             p_value = "–" if row["p_vs_best"] is None else _number(row["p_vs_best"], 3)
+            p_paired = "–" if row.get("p_paired_vs_best") is None else _number(row["p_paired_vs_best"], 3)
         steps = "/".join(str(step) for step in row["steps"]) or "–"
         wall = row["wall_s_mean"]
         wall_text = "–" if wall is None else f"{wall / 60:.1f} min ({wall / max(row['steps']):.2f} s/step)"
@@ -351,8 +374,8 @@ def dit_table(rows: list[dict[str, Any]]) -> list[str]:
             gain += f" ({row['body_gain_p']:.3f})"
         lines.append(
             f"| {rank if row['final_mean'] is not None else '–'} | `{row['variant']}` | {seeds} | {steps} "
-            f"| {final} | {delta} | {p_value} | {_number(row['best'])} | {iou} | {gain} | {parameters} "
-            f"| {wall_text} |"
+            f"| {final} | {delta} | {p_value} | {p_paired} | {_number(row['best'])} | {iou} | {gain} "
+            f"| {parameters} | {wall_text} |"
         )
     return lines
 
