@@ -229,18 +229,6 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def paired_p(a: dict[int, float], b: dict[int, float]) -> float | None:
-    """Two-sided p-value of a paired t-test of two variants' values over the seeds both have (a seed fixes
-    the training noise of every variant alike); None: under 2 common seeds, or no spread of differences."""
-    seeds = sorted(a.keys() & b.keys())
-    differences = [a[seed] - b[seed] for seed in seeds]
-    if len(seeds) < 2 or np.std(differences) == 0:
-        return None
-    from scipy.stats import ttest_rel
-
-    return float(ttest_rel([a[seed] for seed in seeds], [b[seed] for seed in seeds]).pvalue)
-
-
 def one_sample_p(values: list[float]) -> float | None:
     """Two-sided p-value of a one-sample t-test of mean 0 (None: under 2 values or no spread)."""
     if len(values) < 2 or np.std(values) == 0:
@@ -248,6 +236,12 @@ def one_sample_p(values: list[float]) -> float | None:
     from scipy.stats import ttest_1samp
 
     return float(ttest_1samp(values, 0.0).pvalue)
+
+
+def paired_p(a: dict[int, float], b: dict[int, float]) -> float | None:
+    """Two-sided p-value of a paired t-test of two variants' values over the seeds both have (a seed fixes
+    the training noise of every variant alike): the one-sample test of the per-seed differences."""
+    return one_sample_p([a[seed] - b[seed] for seed in sorted(a.keys() & b.keys())])
 
 
 def summarize(runs: list[DiTRun]) -> list[dict[str, Any]]:
@@ -302,7 +296,8 @@ def _by_seed(row: dict[str, Any]) -> dict[int, float]:
 
 
 def noise_sentence(rows: list[dict[str, Any]]) -> str:
-    """Which differences from the best variant exceed the seed-to-seed noise (Welch's t-test)."""
+    """Which differences from the best variant exceed the seed-to-seed noise (Welch's and the paired
+    t-test)."""
     done = [row for row in rows if row["final_mean"] is not None]
     if len(done) < 2:
         return "Fewer than two variants completed: nothing to compare."
@@ -319,7 +314,7 @@ def noise_sentence(rows: list[dict[str, Any]]) -> str:
             "unknown" if len(row["finals"]) < 2 else "above" if (p_value or 1.0) < SIGNIFICANCE else "within"
         )
         groups[group].append(row["variant"])
-    paired = [row["variant"] for row in others if (row.get("p_paired_vs_best") or 1.0) < SIGNIFICANCE]
+    paired = [row["variant"] for row in others if (row["p_paired_vs_best"] or 1.0) < SIGNIFICANCE]
     parts = [f"larger than the seed noise for {_names(groups['above']) or 'no variant'}"]
     if groups["within"]:
         parts.append(f"within it for {_names(groups['within'])}")
@@ -363,7 +358,7 @@ def dit_table(rows: list[dict[str, Any]]) -> list[str]:
             final += "" if row["final_std"] is None else f" ± {_number(row['final_std'])}"
             delta = "–" if rank == 1 else f"{row['delta_vs_best']:+.4f}"
             p_value = "–" if row["p_vs_best"] is None else _number(row["p_vs_best"], 3)
-            p_paired = "–" if row.get("p_paired_vs_best") is None else _number(row["p_paired_vs_best"], 3)
+            p_paired = "–" if row["p_paired_vs_best"] is None else _number(row["p_paired_vs_best"], 3)
         steps = "/".join(str(step) for step in row["steps"]) or "–"
         wall = row["wall_s_mean"]
         wall_text = "–" if wall is None else f"{wall / 60:.1f} min ({wall / max(row['steps']):.2f} s/step)"
