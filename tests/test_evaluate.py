@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from omegaconf import open_dict
 from PIL import Image
@@ -22,6 +23,7 @@ from isa4d.evaluate import (
     GT_VAE_ROW,
     NO_BODY_ROW,
     bicubic_resample,
+    body_gain,
     clip_batches,
     evaluate,
     format_table,
@@ -199,6 +201,10 @@ def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt, monke
     assert lines[0].endswith("| video fg IoU↑ | video PSNR fg↑ | video PSNR bg↑ |")
     assert [line.split(" | ")[0] for line in lines[2:5]] == ["| dit", f"| {GT_VAE_ROW}", f"| {NO_BODY_ROW}"]
     assert "> 0.2" in table
+    gain = report["body_gain"]["video"]  # one clip: a mean, no p-value
+    assert gain["clips"] == 1 and gain["p"] is None
+    assert gain["mean"] == pytest.approx(result["fg_iou"] - rows[NO_BODY_ROW]["fg_iou"], abs=1e-6)
+    assert f"Body gain on video: fg IoU {gain['mean']:+.3f}" in table and "p = n/a" in table
     # The upper bound: the GT clip encoded and decoded by the checkpoint's VAE, scored with numpy.
     builder = load_dit_module(dit_ckpt).builder
     batch = next(
@@ -233,6 +239,17 @@ def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt, monke
         cfg.sampling.uncond_drops = ["smpl", "smpl"]
     with pytest.raises(ConfigError, match=r"sampling.uncond_drops=\['smpl', 'smpl'\]: expected a non-empty"):
         evaluate(cfg)
+
+
+def test_body_gain_is_the_paired_t_test_over_the_clips():
+    rng = np.random.default_rng(0)
+    model, dropped = rng.uniform(0.1, 0.5, 8), rng.uniform(0.05, 0.3, 8)
+    gain = body_gain({"fg_iou_clips": model.tolist()}, {"fg_iou_clips": dropped.tolist()})
+    assert gain["clips"] == 8 and gain["mean"] == pytest.approx(float(np.mean(model - dropped)))
+    assert gain["p"] == pytest.approx(scipy.stats.ttest_rel(model, dropped).pvalue, rel=1e-9)
+    assert body_gain({"fg_iou": 0.2}, {"fg_iou": 0.1}) is None  # a report without per-clip values
+    with pytest.raises(ValueError, match="3 clips of the model against 2"):
+        body_gain({"fg_iou_clips": [0.1, 0.2, 0.3]}, {"fg_iou_clips": [0.1, 0.2]})
 
 
 def test_format_table_and_labels():

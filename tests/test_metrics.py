@@ -193,13 +193,20 @@ def test_foreground_metrics_average_valid_clips():
     pred = np_foreground(fake.numpy(), background.numpy(), 0.1)
     assert result["fg_clips"] == 2
     assert result["fg_iou"] == pytest.approx(np_iou(pred, target)[:2].mean(), rel=1e-6)
+    assert result["fg_iou_clips"] == pytest.approx(np_iou(pred, target)[:2].tolist(), rel=1e-6)
     psnr_fg = np_masked_psnr(fake.numpy(), real.numpy(), target)
     assert np.isnan(psnr_fg[1]) and result["psnr_fg"] == pytest.approx(psnr_fg[0], rel=1e-5)
     psnr_bg = np_masked_psnr(fake.numpy(), real.numpy(), ~target)[:2].mean()
     assert result["psnr_bg"] == pytest.approx(psnr_bg, rel=1e-5)
     empty = ForegroundMetrics()
     empty.update(fake, real, background, labels, valid=torch.zeros(3, dtype=torch.bool))
-    assert empty.compute() == {"fg_clips": 0, "fg_iou": MISSING, "psnr_fg": MISSING, "psnr_bg": MISSING}
+    assert empty.compute() == {
+        "fg_clips": 0,
+        "fg_iou_clips": [],
+        "fg_iou": MISSING,
+        "psnr_fg": MISSING,
+        "psnr_bg": MISSING,
+    }
 
 
 def test_lpips_missing_file_names_the_config_key(tmp_path: Path):

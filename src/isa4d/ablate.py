@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from isa4d.metrics.stats import one_sample_p
 from isa4d.utils.files import write_figure_atomic, write_json_atomic, write_text_atomic
 
 METRIC = "val/flow_loss"
@@ -227,15 +228,6 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     from scipy.stats import ttest_ind
 
     return float(ttest_ind(a, b, equal_var=False).pvalue)
-
-
-def one_sample_p(values: list[float]) -> float | None:
-    """Two-sided p-value of a one-sample t-test of mean 0 (None: under 2 values or no spread)."""
-    if len(values) < 2 or np.std(values) == 0:
-        return None
-    from scipy.stats import ttest_1samp
-
-    return float(ttest_1samp(values, 0.0).pvalue)
 
 
 def paired_p(a: dict[int, float], b: dict[int, float]) -> float | None:

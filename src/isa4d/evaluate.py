@@ -36,6 +36,7 @@ from isa4d.data.shards import MANIFEST, read_manifest
 from isa4d.diffusion import CONDITION_NAMES
 from isa4d.errors import ConfigError, MissingFileError
 from isa4d.metrics import MISSING, ForegroundMetrics, VideoMetrics, load_i3d, load_lpips, weights_record
+from isa4d.metrics.stats import one_sample_p
 from isa4d.utils.files import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,25 @@ def background_through_vae(cfg: DictConfig, device: torch.device) -> Reconstruct
     return lambda batch: builder.decode(builder.encode(batch["background"]))
 
 
+def body_gain(model: Mapping[str, Any], no_body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How much the body moves the generated person on one split: the foreground IoU of the model minus
+    that of the same sampling with the body dropped (`NO_BODY_ROW`: same clips, same noise), its mean over
+    the clips and the p-value of the paired t-test over them (`one_sample_p` of the per-clip
+    differences). None without per-clip IoUs.
+    """
+    a, b = model.get("fg_iou_clips"), no_body.get("fg_iou_clips")
+    if not a or not b:
+        return None
+    if len(a) != len(b):
+        raise ValueError(f"body gain: {len(a)} clips of the model against {len(b)} with the body dropped")
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    return {
+        "clips": len(differences),
+        "mean": sum(differences) / len(differences),
+        "p": one_sample_p(differences),
+    }
+
+
 def report_rows(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The table rows of one `<mode>_eval.json` report: the model, then its reference rows."""
     return [report, *report.get("references", [])]
@@ -312,6 +332,12 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"(in [0, 1]) > "
             f"{threshold}, vs. the ground-truth person mask (IoU per clip over all frames, mean over clips); "
             "PSNR fg / bg: over the ground-truth person / background pixels of each clip.\n"
+        )
+    for split, gain in report.get("body_gain", {}).items():
+        p = "n/a" if gain["p"] is None else f"{gain['p']:.3g}"
+        text += (
+            f"Body gain on {split}: fg IoU {gain['mean']:+.3f} against the body dropped (same clips and "
+            f"noise; paired t-test over {gain['clips']} clips: p = {p}).\n"
         )
     return text
 
@@ -421,6 +447,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "results": results[MODEL_ROW],
         "references": [{"model": row, "results": results[row]} for row in rows if row != MODEL_ROW],
     }
+    if NO_BODY_ROW in results:
+        gains = {name: body_gain(results[MODEL_ROW][name], results[NO_BODY_ROW][name]) for name in names}
+        report["body_gain"] = {name: gain for name, gain in gains.items() if gain is not None}
     output = Path(str(cfg.output_dir))
     write_json_atomic(output / f"{mode}_eval.json", report)
     write_text_atomic(output / f"{mode}_eval.md", format_report(report))

@@ -126,8 +126,10 @@ class ForegroundMetrics:
 
     def compute(self) -> dict[str, Any]:
         """`{"fg_clips", "fg_iou", "psnr_fg", "psnr_bg"}`: means over the clips (the PSNRs over the clips
-        with such pixels); `"missing"` where no clip had any."""
+        with such pixels); `"missing"` where no clip had any. `"fg_iou_clips"`: the IoU of each clip, in the
+        order they came (what pairs two rows' clips, e.g. for a paired test)."""
         result: dict[str, Any] = {"fg_clips": self.num_clips}
+        result["fg_iou_clips"] = torch.cat(self.values["fg_iou"]).tolist() if self.values["fg_iou"] else []
         for key in self.KEYS:
             values = torch.cat(self.values[key]) if self.values[key] else torch.zeros(0)
             values = values[~values.isnan()]
