@@ -153,7 +153,7 @@ ABLATE_DIT_STEPS ?=
 ABLATE_EVAL_CLIPS ?= 8
 ABLATE_VAE = $(VENV)/bin/isa4d train-vae logger=many $(if $(ABLATE_VAE_STEPS),trainer.max_steps=$(ABLATE_VAE_STEPS))
 
-ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~2.5 h CPU; ARGS=)
+ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~3 h CPU; ARGS=)
 	$(ABLATE_VAE) experiment=vae_tiny_cpu hydra.run.dir=$(ABLATE_DIR)/vae_reg
 	$(ABLATE_VAE) experiment=vae_tiny_cpu_no_reg hydra.run.dir=$(ABLATE_DIR)/vae_no_reg
 	$(VENV)/bin/isa4d encode ckpt_path=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt input_dir=$(DATA_DIR)/shards/synth \

@@ -29,6 +29,7 @@ EXPECTED_CHANGES = {  # what each variant changes in the `isa` network config
     "isa": {},
     "isa_no_pe": {"use_ispe": False},
     "isa_joint": {"isa_mode": "joint"},
+    "isa_xavier": {"isa_init": "xavier"},
     "controlnet_normal": {**NO_3D, "control": "controlnet", "control_video": "normal"},
     "padaln_pose": {**NO_3D, "control": "padaln", "control_video": "body"},
     "concat_render": {**NO_3D, "control": "concat", "control_video": "body"},

@@ -339,6 +339,29 @@ class ISABlock(nn.Module):
             x3 = self.branch3.post(x3, ungroup_frames(out3, pad), mods3)
         return x3, x2
 
+    @torch.no_grad()
+    def align_positions(self, pe_gain: float) -> None:
+        """Start the two cross-attentions position-aligned (an initialisation, not in the paper).
+
+        The 3-D keys get the 2-D queries' projection (and the 3-D queries the 2-D keys'), so the logit of a
+        2-D query and a 3-D key holds the term `(P e2)ᵀ WᵀW (P e3)` of their ISPE encodings e2, e3 (P =
+        `pe_proj`, scaled by `pe_gain`): a positive semi-definite form, largest when the point projects onto
+        the token. A fresh block then already attends more to the points over each token (with Xavier
+        projections the form is random and the attention ignores position); training moves both freely.
+        """
+        D = self.branch2.qkv.linear.out_features // len(self.branch2.qkv.names)
+
+        def rows(branch: ISABranch, name: str) -> torch.Tensor:
+            i = branch.qkv.names.index(name)
+            return branch.qkv.linear.weight[i * D : (i + 1) * D]
+
+        pairs = [("k", "q")] + ([("q", "k")] if "q" in self.branch3.qkv.names else [])
+        for name3, name2 in pairs:
+            if name2 in self.branch2.qkv.names:
+                rows(self.branch3, name3).copy_(rows(self.branch2, name2))
+        if self.pe_proj is not None:
+            self.pe_proj.weight.mul_(pe_gain)
+
     @staticmethod
     def _frames_per_group(num_frames3: int, pad: int, Tl: int) -> int:
         """Slots per latent frame of the 3-D tokens: 4, or fewer with `point_frames_per_latent`."""

@@ -58,6 +58,11 @@ CONTROLS = ("controlnet", "padaln", "concat")
 """How a rendered control video enters the 2-D branch (`control=None`: no control video)."""
 ATTENTION_2D = ("factorized", "full")
 """Self-attention of the 2-D tokens: spatial + temporal blocks (the paper), or one spatio-temporal block."""
+ISA_INITS = ("xavier", "aligned")
+"""Initialisation of the ISA blocks' projections: DiT's Xavier, or aligned (`ISABlock.align_positions`)."""
+ALIGNED_PE_GAIN = 3.0
+"""`pe_proj` gain of `isa_init="aligned"`: with it a fresh tiny model puts 1.8x the uniform share of its
+rendering attention on the points over each token (1.2x at gain 1, 1.0x with Xavier; docs/dit.md)."""
 
 
 class ISADiTLayer(nn.Module):
@@ -171,6 +176,10 @@ class ISADiT(nn.Module):
             or 4×; the ISPE of each kept token still uses its own frame's camera.
         compile: `torch.compile` every layer in place (`compile_blocks`: one full graph per layer, state
             dict keys unchanged).
+        isa_init: `"xavier"` (DiT's initialisation) or `"aligned"`: every ISA block starts with its 3-D
+            key/query projections equal to the 2-D query/key ones and the ISPE projection ×
+            `ALIGNED_PE_GAIN`, so its cross-attentions favour the points over each token from the first
+            step (`ISABlock.align_positions`; an initialisation, not in the paper).
     """
 
     def __init__(
@@ -201,8 +210,11 @@ class ISADiT(nn.Module):
         attention_2d: str = "factorized",
         point_frames_per_latent: int = FRAMES_PER_LATENT,
         compile: bool = False,
+        isa_init: str = "xavier",
     ) -> None:
         super().__init__()
+        if isa_init not in ISA_INITS:
+            raise ValueError(f"unknown isa_init {isa_init!r}; choose from {ISA_INITS}")
         if ref_mode not in REF_MODES:
             raise ValueError(f"unknown ref_mode {ref_mode!r}; choose from {REF_MODES}")
         if control is not None and control not in CONTROLS:
@@ -242,6 +254,7 @@ class ISADiT(nn.Module):
             "attention_2d": attention_2d,
             "point_frames_per_latent": point_frames_per_latent,
             "compile": compile,
+            "isa_init": isa_init,
         }
         D, C, p = hidden_size, latent_channels, patch_size
         self.latent_channels, self.patch_size, self.hidden_size = C, p, D
@@ -307,7 +320,8 @@ class ISADiT(nn.Module):
         Control paths start switched off, so a fresh model equals the same model without its control
         input: `"concat"` zeroes the control channels' patch weights; `"padaln"` has zero gates (its
         modulations are adaLN ones); `"controlnet"` zeroes the input linear (`control_embedder`) and the
-        output linears (`controlnet_proj`) and copies the weights of the first layers into the copy."""
+        output linears (`controlnet_proj`) and copies the weights of the first layers into the copy.
+        `isa_init="aligned"` then aligns the ISA blocks' projections (`ISABlock.align_positions`)."""
         pretrained = (
             {id(m) for m in self.image_encoder.modules()} if self.image_encoder is not None else set()
         )
@@ -326,6 +340,9 @@ class ISADiT(nn.Module):
                 nn.init.zeros_(module.linear.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.branch_3d and self.config["isa_init"] == "aligned":
+            for layer in self.layers:
+                layer.isa.align_positions(ALIGNED_PE_GAIN)
         if self.control == "concat":  # weight columns are ordered (p1 p2 c): the control is the last C of c
             p = self.patch_size
             columns = self.x_embedder.proj.weight.view(self.hidden_size, p, p, -1)
