@@ -287,6 +287,7 @@ def test_aligned_isa_init_makes_each_token_favour_the_point_over_it(isa_init: st
     if isa_init == "aligned":
         assert all(hit == 1 for hit in hits)
         isa = model.layers[0].isa
+        assert torch.equal(isa.branch3.qkv.weight("k"), isa.branch2.qkv.weight("q"))
         assert torch.equal(isa.branch3.qkv.linear.weight[128:256], isa.branch2.qkv.linear.weight[:128])
     else:
         assert max(hits) < 0.5

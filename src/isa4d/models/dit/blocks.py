@@ -98,6 +98,12 @@ class HeadProjection(nn.Module):
             }
         )
 
+    def weight(self, name: str) -> torch.Tensor:
+        """The (D, D) rows of the stacked linear weight that produce `name` (a view)."""
+        dim = self.linear.in_features
+        i = self.names.index(name)
+        return self.linear.weight[i * dim : (i + 1) * dim]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(..., L, D) -> {name: (..., heads, L, head_dim)}."""
         parts = rearrange(self.linear(x), "... l (n h d) -> n ... h l d", n=len(self.names), h=self.heads)
@@ -349,16 +355,10 @@ class ISABlock(nn.Module):
         the token. A fresh block then already attends more to the points over each token (with Xavier
         projections the form is random and the attention ignores position); training moves both freely.
         """
-        D = self.branch2.qkv.linear.out_features // len(self.branch2.qkv.names)
-
-        def rows(branch: ISABranch, name: str) -> torch.Tensor:
-            i = branch.qkv.names.index(name)
-            return branch.qkv.linear.weight[i * D : (i + 1) * D]
-
-        pairs = [("k", "q")] + ([("q", "k")] if "q" in self.branch3.qkv.names else [])
-        for name3, name2 in pairs:
-            if name2 in self.branch2.qkv.names:
-                rows(self.branch3, name3).copy_(rows(self.branch2, name2))
+        qkv3, qkv2 = self.branch3.qkv, self.branch2.qkv
+        for name3, name2 in (("k", "q"), ("q", "k")):
+            if name3 in qkv3.names and name2 in qkv2.names:
+                qkv3.weight(name3).copy_(qkv2.weight(name2))
         if self.pe_proj is not None:
             self.pe_proj.weight.mul_(pe_gain)
 
