@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,6 +240,35 @@ def test_dit_mode_generates_and_compares(tmp_path, human_shards, dit_ckpt, monke
         cfg.sampling.uncond_drops = ["smpl", "smpl"]
     with pytest.raises(ConfigError, match=r"sampling.uncond_drops=\['smpl', 'smpl'\]: expected a non-empty"):
         evaluate(cfg)
+
+
+def test_dit_mode_samples_with_the_ema_weights_unless_told_not_to(tmp_path, human_shards, dit_ckpt):
+    """`use_ema` picks the weights: the EMA copy of a checkpoint samples exactly as a checkpoint whose live
+    weights are that copy; `use_ema=false` exactly as the checkpoint without an EMA."""
+    checkpoint = torch.load(dit_ckpt, map_location="cpu", weights_only=True)
+    live = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("dit.")}
+    average = {k: v * 0.9 if v.is_floating_point() else v for k, v in live.items()}  # a different model
+
+    def save(name: str, state: dict[str, torch.Tensor], ema_decay: float | None) -> Path:
+        variant = dict(checkpoint, state_dict=dict(checkpoint["state_dict"]) | state)
+        variant["hyper_parameters"] = dict(checkpoint["hyper_parameters"], ema_decay=ema_decay)
+        torch.save(variant, tmp_path / name)
+        return tmp_path / name
+
+    ema_state = {"ema.module." + k.removeprefix("dit."): v for k, v in average.items()}
+    with_ema = save("ema.ckpt", ema_state | {"ema.num_updates": torch.tensor(5)}, ema_decay=0.999)
+    averaged = save("averaged.ckpt", average, ema_decay=None)
+
+    def model_row(ckpt: Path, **overrides) -> tuple[dict[str, Any], bool]:
+        report = evaluate(
+            eval_config(tmp_path, human_shards, ckpt, mode="dit", **{"sampling.steps": 2}, **overrides)
+        )
+        return report["results"]["video"], report["use_ema"]
+
+    original = model_row(dit_ckpt)[0]
+    assert model_row(with_ema, use_ema=False) == (original, False)
+    ema_row = model_row(with_ema)
+    assert ema_row == (model_row(averaged)[0], True) and ema_row[0]["psnr"] != original["psnr"]
 
 
 def test_body_gain_is_the_paired_t_test_over_the_clips():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -236,8 +237,10 @@ def dit_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstru
     builder = module.builder
     s = cfg.sampling
 
+    use_ema = bool(cfg.use_ema) and module.ema is not None
+
     def generate(batch: Mapping[str, Any], drop_smpl: bool) -> torch.Tensor:
-        with module.ema_scope():
+        with module.ema_scope() if use_ema else nullcontext():
             cond = builder.conditions(batch)
             if drop_smpl:
                 cond = cond.with_drops(smpl=True)
@@ -265,7 +268,8 @@ def dit_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstru
         GT_VAE_ROW: autoencode,
         NO_BODY_ROW: partial(generate, drop_smpl=True),
     }
-    return rows, {"checkpoint": weights_record(cfg.ckpt_path), "sampling": OmegaConf.to_container(s)}
+    record = {"checkpoint": weights_record(cfg.ckpt_path), "use_ema": use_ema}
+    return rows, record | {"sampling": OmegaConf.to_container(s)}
 
 
 def background_through_vae(cfg: DictConfig, device: torch.device) -> Reconstruct:
