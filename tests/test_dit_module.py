@@ -201,7 +201,8 @@ def test_train_dit_config_needs_a_vae_checkpoint_and_builds(tmp_path, vae_ckpt):
     with open_dict(cfg):
         cfg.model.vae_ckpt = str(vae_ckpt)
     module = instantiate(cfg.model)
-    assert isinstance(module, DiTModule) and module.hparams.num_points == 128
+    assert isinstance(module, DiTModule) and module.hparams.num_points == 32
+    assert module.ema is not None and module.ema.decay == 0.999
     assert module.dit.config["hidden_size"] == 128
     callbacks = {name: instantiate(node) for name, node in cfg.callbacks.items()}
     assert isinstance(callbacks["dit_samples"], DiTSamples)
