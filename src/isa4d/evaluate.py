@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from isa4d.errors import ConfigError, MissingFileError
 from isa4d.metrics import MISSING, ForegroundMetrics, VideoMetrics, load_i3d, load_lpips, weights_record
 from isa4d.metrics.stats import one_sample_p
 from isa4d.utils.files import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from isa4d.modules.dit_batch import ConditionBuilder
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +205,13 @@ def bicubic_resample(video: torch.Tensor, factor: int) -> torch.Tensor:
     return rearrange(large.clamp(-1.0, 1.0), "(b t) c h w -> b c t h w", b=video.shape[0])
 
 
-def vae_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstruct], dict[str, Any]]:
+Rows = tuple[dict[str, Reconstruct], dict[str, Any], Reconstruct | None]
+"""What a mode evaluates: its rows, the record of its weights, and DiT mode's foreground reference."""
+
+
+def vae_rows(cfg: DictConfig, device: torch.device) -> Rows:
     """Rows of VAE mode: the reconstruction with a `VAEModule` checkpoint's VAE (posterior mean, decoded,
-    chunked) and `bicubic <f>x` (`bicubic_resample` by the VAE's spatial factor f)."""
+    chunked) and `bicubic <f>x` (`bicubic_resample` by the VAE's spatial factor f); no foreground."""
     from isa4d.modules.vae_module import load_vae
 
     vae = load_vae(cfg.ckpt_path, use_ema=bool(cfg.use_ema), map_location=device)
@@ -218,17 +225,19 @@ def vae_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstru
         return bicubic_resample(batch["video"], vae.spatial_factor)
 
     rows = {MODEL_ROW: reconstruct, f"bicubic {vae.spatial_factor}x": bicubic}
-    return rows, {"checkpoint": weights_record(cfg.ckpt_path), "use_ema": bool(cfg.use_ema)}
+    return rows, {"checkpoint": weights_record(cfg.ckpt_path), "use_ema": bool(cfg.use_ema)}, None
 
 
-def dit_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstruct], dict[str, Any]]:
-    """Rows of DiT mode with a `DiTModule` checkpoint (EMA weights when kept):
+def dit_rows(cfg: DictConfig, device: torch.device) -> Rows:
+    """Rows of DiT mode with a `DiTModule` checkpoint (EMA weights when kept and `use_ema`):
 
     * the model: each clip generated from its reference, GT SMPL, cameras and background, seeded noise
       per clip key, `sample_long` with `cfg.sampling`;
     * `GT_VAE_ROW`: the ground-truth clip encoded (posterior mean) and decoded by the frozen VAE;
     * `NO_BODY_ROW`: the same sampling (same noise) with the SMPL condition dropped from the
-      conditional branch (`cond.with_drops(smpl=True)`).
+      conditional branch (`cond.with_drops(smpl=True)`);
+
+    and the foreground reference `background_through_vae` of the same module's VAE.
     """
     from isa4d.diffusion import sample_long
     from isa4d.modules.dit_module import load_dit_module, seeded_noise
@@ -269,16 +278,14 @@ def dit_rows(cfg: DictConfig, device: torch.device) -> tuple[dict[str, Reconstru
         NO_BODY_ROW: partial(generate, drop_smpl=True),
     }
     record = {"checkpoint": weights_record(cfg.ckpt_path), "use_ema": use_ema}
-    return rows, record | {"sampling": OmegaConf.to_container(s)}
+    return rows, record | {"sampling": OmegaConf.to_container(s)}, background_through_vae(builder)
 
 
-def background_through_vae(cfg: DictConfig, device: torch.device) -> Reconstruct:
-    """DiT mode's foreground reference: the background video encoded and decoded by the checkpoint's VAE,
-    what the model's background latent looks like decoded (the raw background would count the VAE's own
-    error as person pixels: the GT-through-VAE bound reached only 0.28 IoU that way)."""
-    from isa4d.modules.dit_module import load_dit_module
-
-    builder = load_dit_module(cfg.ckpt_path, cfg.vae_ckpt_path, map_location=device).builder
+def background_through_vae(builder: ConditionBuilder) -> Reconstruct:
+    """DiT mode's foreground reference: the background video encoded and decoded by the checkpoint's VAE
+    (`builder`: the DiT module's), what the model's background latent looks like decoded (the raw
+    background would count the VAE's own error as person pixels: the GT-through-VAE bound reached only 0.28
+    IoU that way)."""
     return lambda batch: builder.decode(builder.encode(batch["background"]))
 
 
@@ -404,12 +411,11 @@ def check_inputs(cfg: DictConfig) -> tuple[str, torch.device, list[str]]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation `cfg` describes (conf/evaluate.yaml); returns what `<mode>_eval.json` holds."""
     mode, device, names = check_inputs(cfg)
-    rows, info = (vae_rows if mode == "vae" else dit_rows)(cfg, device)
+    rows, info, background_of = (vae_rows if mode == "vae" else dit_rows)(cfg, device)
     networks, weights = metric_networks(cfg, device)
     datamodule = VideoDataModule if mode == "vae" else HumanVideoDataModule
     extra = {"image_prob": 0.0} if mode == "vae" else {"max_persons": int(cfg.max_persons)}
     threshold = None if mode == "vae" else float(cfg.foreground_threshold)
-    background_of = None if mode == "vae" else background_through_vae(cfg, device)
     results: dict[str, dict[str, Any]] = {name: {} for name in rows}
     settings = {}
     for name in names:
