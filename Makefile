@@ -144,26 +144,41 @@ evaluate: install ## PSNR/SSIM/LPIPS/FVD of the newest VAE checkpoint (ARGS= Hyd
 # steps from that cache (experiment dit_ablate_cpu), the pose following of each job (isa4d evaluate mode=dit
 # on ABLATE_EVAL_CLIPS clips of the video split, into <job>/eval/), then isa4d ablate-report, all under one
 # sweep folder $(LOG_DIR)/ablate/<time>/. ABLATE_VAE_STEPS= / ABLATE_DIT_STEPS= shorten the
-# runs (trainer.max_steps); ARGS= goes to the DiT sweep (e.g. ARGS="seed=1,2,3,4"). The report is written
-# even when some DiT jobs failed (they are listed as failed); the target then fails.
+# runs (trainer.max_steps); ABLATE_SEEDS= the seeds; ARGS= goes to the DiT sweep (e.g. ARGS=+variant=isa,isa_no_pe).
+# ABLATE_LANES=n runs n DiT sweeps side by side (seeds dealt round-robin, folders dit_lane<k>/, each with
+# OMP_NUM_THREADS = cores / n, its output in dit_lane<k>.log). ABLATE_DIR=<an earlier sweep folder> reuses
+# its VAE runs and cache where complete (the DiT sweep and evaluations run again). The report is written even
+# when some DiT jobs failed (they are listed as failed); the target then fails.
 ABLATE_DIR := $(LOG_DIR)/ablate/$(shell date +%Y-%m-%d_%H-%M-%S)
 ABLATE_OUT ?= experiments/ablation
 ABLATE_VAE_STEPS ?=
 ABLATE_DIT_STEPS ?=
 ABLATE_EVAL_CLIPS ?= 8
+ABLATE_SEEDS ?= 1,2,3
+ABLATE_LANES ?= 1
 ABLATE_VAE = $(VENV)/bin/isa4d train-vae logger=many $(if $(ABLATE_VAE_STEPS),trainer.max_steps=$(ABLATE_VAE_STEPS))
+ABLATE_DIT = $(VENV)/bin/isa4d train-dit -m experiment=dit_ablate_cpu \
+  model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt data.train_dirs=[$(ABLATE_DIR)/latents] \
+  $(if $(ABLATE_DIT_STEPS),trainer.max_steps=$(ABLATE_DIT_STEPS)) $(ARGS)
 
-ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~3 h CPU; ARGS=)
-	$(ABLATE_VAE) experiment=vae_tiny_cpu hydra.run.dir=$(ABLATE_DIR)/vae_reg
-	$(ABLATE_VAE) experiment=vae_tiny_cpu_no_reg hydra.run.dir=$(ABLATE_DIR)/vae_no_reg
-	$(VENV)/bin/isa4d encode ckpt_path=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt input_dir=$(DATA_DIR)/shards/synth \
-	  output_dir=$(ABLATE_DIR)/latents control_videos=[normal,body] $(DIT_LATENT_ARGS)
-	status=0; $(VENV)/bin/isa4d train-dit -m experiment=dit_ablate_cpu hydra.sweep.dir=$(ABLATE_DIR)/dit \
-	  model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt data.train_dirs=[$(ABLATE_DIR)/latents] \
-	  $(if $(ABLATE_DIT_STEPS),trainer.max_steps=$(ABLATE_DIT_STEPS)) $(ARGS) || status=$$?; \
-	for job in $(ABLATE_DIR)/dit/*/; do test -f $$job/checkpoints/last.ckpt || continue; \
-	  $(VENV)/bin/isa4d evaluate mode=dit ckpt_path=$$job/checkpoints/last.ckpt splits=[video] \
-	    num_clips=$(ABLATE_EVAL_CLIPS) hydra.run.dir=$${job}eval || status=$$?; done; \
+ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~4 h CPU; ABLATE_LANES=2: ~2.5 h)
+	test -f $(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt || $(ABLATE_VAE) experiment=vae_tiny_cpu hydra.run.dir=$(ABLATE_DIR)/vae_reg
+	test -f $(ABLATE_DIR)/vae_no_reg/checkpoints/last.ckpt || \
+	  $(ABLATE_VAE) experiment=vae_tiny_cpu_no_reg hydra.run.dir=$(ABLATE_DIR)/vae_no_reg
+	test -f $(ABLATE_DIR)/latents/.complete || { $(VENV)/bin/isa4d encode overwrite=true \
+	  ckpt_path=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt input_dir=$(DATA_DIR)/shards/synth \
+	  output_dir=$(ABLATE_DIR)/latents control_videos=[normal,body] $(DIT_LATENT_ARGS) && touch $(ABLATE_DIR)/latents/.complete; }
+	status=0; pids=; lanes=$(ABLATE_LANES); threads=$$(( $$(nproc) / lanes )); \
+	for lane in $$(seq 0 $$((lanes - 1))); do \
+	  seeds=$$(tr , '\n' <<< "$(ABLATE_SEEDS)" | awk -v k=$$lane -v n=$$lanes '(NR - 1) % n == k' | paste -sd,); \
+	  test -n "$$seeds" || continue; dir=$(ABLATE_DIR)/dit$$( ((lanes > 1)) && echo _lane$$lane); \
+	  lane_run() { export OMP_NUM_THREADS=$$(( threads > 0 ? threads : 1 )); $(ABLATE_DIT) hydra.sweep.dir=$$dir seed=$$seeds; \
+	    s=$$?; for job in $$dir/*/; do test -f $$job/checkpoints/last.ckpt || continue; \
+	      $(VENV)/bin/isa4d evaluate mode=dit ckpt_path=$$job/checkpoints/last.ckpt splits=[video] \
+	        num_clips=$(ABLATE_EVAL_CLIPS) hydra.run.dir=$${job}eval || s=$$?; done; return $$s; }; \
+	  if ((lanes > 1)); then echo "DiT lane $$lane: seeds $$seeds -> $$dir.log"; lane_run > $$dir.log 2>&1 & pids="$$pids $$!"; \
+	  else lane_run || status=$$?; fi; \
+	done; for pid in $$pids; do wait $$pid || status=$$?; done; \
 	$(VENV)/bin/isa4d ablate-report $(ABLATE_DIR) --out $(ABLATE_OUT) && exit $$status
 
 # diffusers (the CogVideoX VAE peer of the VAE benchmark) is a bench-only dependency, installed into

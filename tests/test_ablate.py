@@ -21,6 +21,7 @@ from conftest import compose_for_test
 from isa4d.ablate import build_report
 from isa4d.cli import build_parser
 from isa4d.config import config_dir
+from isa4d.errors import ISA4DError
 
 VARIANTS = sorted(path.stem for path in (config_dir() / "variant").glob("*.yaml"))
 SWEEP = ["experiment=dit_ablate_cpu", "model.vae_ckpt=/nowhere/vae.ckpt"]
@@ -235,3 +236,32 @@ def test_noise_sentence_and_empty_sweep(tmp_path):
     text = (out / "RESULTS.md").read_text()
     assert "0 of 0 runs completed" in text and "**missing**" in text
     assert not (out / "val_loss.png").exists() and not (out / "vae_latent_hist.png").exists()
+
+
+def test_report_reads_every_dit_sweep_folder_and_refuses_a_job_twice(tmp_path):
+    """`make ablate ABLATE_LANES=2`: seeds split over dit_lane0/ and dit_lane1/, each with its own grid."""
+    sweep = tmp_path / "sweep"
+    for lane, seeds in enumerate(("1,3", "2")):
+        dit = sweep / f"dit_lane{lane}"
+        dit.mkdir(parents=True)
+        grid = {"seed": seeds, "+variant": "isa,concat_render"}
+        OmegaConf.save(
+            {"hydra": {"sweeper": {"params": grid}, "overrides": {"task": SWEEP}}}, dit / "multirun.yaml"
+        )
+    finals = {1: 0.50, 2: 0.53, 3: 0.49}
+    for seed, value in finals.items():
+        write_dit_run(sweep / f"dit_lane{(seed - 1) % 2}", tmp_path, "isa", seed, [1.0, value])
+    write_dit_run(sweep / "dit_lane0", tmp_path, "concat_render", 1, [1.0, 0.6])
+    (sweep / "dit_lane0.log").write_text("a lane's output, not a sweep folder")
+    out = tmp_path / "out"
+    report = build_report(sweep, out)
+    rows = {row["variant"]: row for row in report["dit"]["variants"]}
+    assert rows["isa"]["seeds"] == [1, 2, 3]
+    assert rows["isa"]["final_mean"] == pytest.approx(np.mean(list(finals.values())))
+    missing = sorted(run["seed"] for run in report["dit"]["runs"] if run["folder"] is None)
+    assert missing == [2, 3] and rows["concat_render"]["failed_seeds"] == [2, 3]  # one from each grid
+
+    write_dit_run(sweep / "dit", tmp_path, "isa", 2, [1.0, 0.4])  # seed 2 again in a third folder
+    with pytest.raises(ISA4DError, match="isa seed 2 is in two DiT sweep folders"):
+        build_report(sweep, out)
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(report))  # kept

@@ -6,6 +6,8 @@ Reads an ablation sweep folder laid out as `make ablate` writes it:
     SWEEP/dit/multirun.yaml             the DiT sweep (experiment dit_ablate_cpu): its variant x seed grid
     SWEEP/dit/<variant>_seed<seed>/     one isa4d train-dit job each
     SWEEP/dit/<variant>_seed<seed>/eval/dit_eval.json   its isa4d evaluate mode=dit (pose following)
+    SWEEP/dit_<name>/...                further DiT sweeps laid out alike (`make ablate ABLATE_LANES=n`:
+                                        dit_lane0/ ... dit_lane<n-1>/, one per group of seeds)
 
 and writes, atomically, into DIR (default `experiments/ablation`): `RESULTS.md` (tables), `results.json`
 (every number, the curves), `val_loss.png` (val/flow_loss curves per variant, cf. ISA4D Fig. 14),
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from isa4d.errors import ISA4DError
 from isa4d.metrics.stats import one_sample_p
 from isa4d.utils.files import write_figure_atomic, write_json_atomic, write_text_atomic
 
@@ -191,16 +194,30 @@ def _axis(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def read_dit_sweep(dit_dir: Path) -> list[DiTRun]:
-    """Every job folder under `dit_dir`, plus a failed entry for each job of the grid without one."""
-    runs = [read_dit_run(path.parent.parent) for path in sorted(dit_dir.glob("*/.hydra/config.yaml"))]
-    found = {(run.variant, run.seed) for run in runs}
+def read_dit_sweeps(sweep: Path) -> list[DiTRun]:
+    """Every job folder of the DiT sweep folders of `sweep` (`dit/`, `dit_*/`), plus a failed entry for
+    each job of their grids found in none; by variant and seed. A (variant, seed) job in two folders is
+    an error (its seed would count twice)."""
+    folders = sorted(sweep.glob("dit*/"))
+    runs = [
+        read_dit_run(path.parent.parent)
+        for dit in folders
+        for path in sorted(dit.glob("*/.hydra/config.yaml"))
+    ]
+    found: dict[tuple[str, int | None], Path | None] = {}
+    for run in runs:
+        if (run.variant, run.seed) in found:
+            raise ISA4DError(
+                f"{sweep}: {run.variant} seed {run.seed} is in two DiT sweep folders "
+                f"({found[run.variant, run.seed]} and {run.folder}); remove one and report again"
+            )
+        found[run.variant, run.seed] = run.folder
+    missing = dict.fromkeys(job for dit in folders for job in sweep_grid(dit) if job not in found)
     runs += [
         DiTRun(variant, seed, error="missing: no run folder (the sweep stopped before this job)")
-        for variant, seed in sweep_grid(dit_dir)
-        if (variant, seed) not in found
+        for variant, seed in missing
     ]
-    return runs
+    return sorted(runs, key=lambda run: (run.variant, -1 if run.seed is None else run.seed))
 
 
 def read_vae_run(folder: Path) -> dict[str, Any]:
@@ -598,7 +615,7 @@ def results_markdown(
 
 def build_report(sweep: Path, out: Path = DEFAULT_OUT) -> dict[str, Any]:
     """Read the sweep folder and write RESULTS.md, results.json and the three figures into `out`."""
-    runs = read_dit_sweep(sweep / "dit")
+    runs = read_dit_sweeps(sweep)
     rows = summarize(runs)
     vae = {name: read_vae_run(sweep / folder) for name, folder in VAE_RUNS.items()}
     out.mkdir(parents=True, exist_ok=True)
