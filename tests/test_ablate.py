@@ -94,15 +94,20 @@ def write_dit_run(
     return folder
 
 
-def write_pose(folder: Path, fg_iou: float, fg_iou_no_body: float) -> None:
-    """The `eval/dit_eval.json` of `isa4d evaluate mode=dit` on the `video` split (its layout)."""
-    split = lambda iou: {"video": {"psnr": 20.0, "fg_iou": iou, "psnr_fg": 13.0, "psnr_bg": 21.0}}  # noqa: E731
+def write_pose(folder: Path, clips: list[float], clips_no_body: list[float]) -> None:
+    """The `eval/dit_eval.json` of `isa4d evaluate mode=dit` on the `video` split (its layout): the fg
+    IoU of each clip with the body and with it dropped, and their means."""
+
+    def split(ious: list[float]) -> dict:
+        video = {"psnr": 20.0, "fg_iou": float(np.mean(ious)), "fg_iou_clips": ious, "psnr_fg": 13.0}
+        return {"video": {**video, "psnr_bg": 21.0}}
+
     report = {
         "mode": "dit",
-        "results": split(fg_iou),
+        "results": split(clips),
         "references": [
-            {"model": "GT through VAE (upper bound)", "results": split(0.5)},
-            {"model": "body dropped (lower bound)", "results": split(fg_iou_no_body)},
+            {"model": "GT through VAE (upper bound)", "results": split([0.5] * len(clips))},
+            {"model": "body dropped (lower bound)", "results": split(clips_no_body)},
         ],
     }
     (folder / "eval").mkdir()
@@ -153,13 +158,18 @@ def test_report_tables_plots_and_failed_runs(tmp_path):
         dit / "multirun.yaml",
     )
     finals = {"isa": [0.50, 0.52, 0.49], "isa_no_pe": [0.70, 0.74]}
-    ious = {"isa": ([0.30, 0.34, 0.32], [0.10, 0.11, 0.10]), "isa_no_pe": ([0.12, 0.10], [0.11, 0.12])}
+    # fg IoU of 2 clips per seed, with the body and with it dropped
+    clips = {
+        "isa": ([[0.28, 0.32], [0.33, 0.35], [0.30, 0.34]], [[0.10, 0.10], [0.12, 0.10], [0.09, 0.11]]),
+        "isa_no_pe": ([[0.11, 0.13], [0.10, 0.10]], [[0.10, 0.12], [0.13, 0.11]]),
+    }
+    ious = {name: tuple(np.mean(runs, axis=1).tolist() for runs in pair) for name, pair in clips.items()}
     for seed, value in enumerate(finals["isa"], 1):
         folder = write_dit_run(dit, tmp_path, "isa", seed, [0.9, value], wall_s=120.0)
-        write_pose(folder, ious["isa"][0][seed - 1], ious["isa"][1][seed - 1])
+        write_pose(folder, clips["isa"][0][seed - 1], clips["isa"][1][seed - 1])
     for seed, value in enumerate(finals["isa_no_pe"], 1):
         folder = write_dit_run(dit, tmp_path, "isa_no_pe", seed, [0.95, value])
-        write_pose(folder, ious["isa_no_pe"][0][seed - 1], ious["isa_no_pe"][1][seed - 1])
+        write_pose(folder, clips["isa_no_pe"][0][seed - 1], clips["isa_no_pe"][1][seed - 1])
     write_dit_run(dit, tmp_path, "isa_no_pe", 3, None)  # crashed before logging
     write_dit_run(dit, tmp_path, "padaln_pose", 1, [0.8, 0.6])
     write_dit_run(dit, tmp_path, "padaln_pose", 2, [0.8])  # stopped after the first validation
@@ -191,6 +201,12 @@ def test_report_tables_plots_and_failed_runs(tmp_path):
         assert rows[name]["fg_iou_mean"] == pytest.approx(np.mean(model))
         assert rows[name]["body_gain_mean"] == pytest.approx(np.mean(gains))
         assert rows[name]["body_gain_p"] == pytest.approx(ttest_1samp(gains, 0.0).pvalue)
+        clip_gains = np.subtract(clips[name][0], clips[name][1]).ravel()  # every seed's clips pooled
+        assert rows[name]["body_gain_p_clips"] == pytest.approx(ttest_1samp(clip_gains, 0.0).pvalue)
+    # fg IoU against the highest (isa), paired over the (seed, clip) pairs both have: seeds 1 and 2
+    both = np.subtract(clips["isa_no_pe"][0], clips["isa"][0][:2]).ravel()
+    assert rows["isa_no_pe"]["fg_iou_p_vs_top"] == pytest.approx(ttest_1samp(both, 0.0).pvalue)
+    assert rows["isa_no_pe"]["fg_iou_vs_top"] == "isa" and rows["isa"]["fg_iou_p_vs_top"] is None
     assert rows["padaln_pose"]["fg_iou_mean"] is None  # not evaluated
     assert rows["padaln_pose"]["final_std"] is None and rows["padaln_pose"]["failed_seeds"] == [2, 3]
     statuses = {(run["variant"], run["seed"]): run for run in report["dit"]["runs"]}
@@ -208,8 +224,12 @@ def test_report_tables_plots_and_failed_runs(tmp_path):
     assert "| 2 | `padaln_pose` | 1 (failed: 2, 3) | 4 | 0.6000 |" in text
     assert f"{ISA_PARAMETERS:,}" in text and "2.0 min (30.00 s/step)" in text
     assert "seed noise for `isa_no_pe`; not testable for `padaln_pose` (a single completed seed)" in text
-    assert "| 0.4900 | 0.320 ± 0.020 | +0.217 ± 0.015 (0.002) |" in text  # isa: best, fg IoU, body gain (p)
-    assert "beyond the seed noise (p < 0.05) for `isa`." in text  # not isa_no_pe: its gain is -0.005 ± 0.021
+    p_seeds, p_clips = rows["isa"]["body_gain_p"], rows["isa"]["body_gain_p_clips"]
+    assert f"| 0.4900 | 0.320 ± 0.020 | +0.217 ± 0.015 ({p_seeds:.3g}; {p_clips:.3g}) |" in text  # isa
+    p_top = rows["isa_no_pe"]["fg_iou_p_vs_top"]
+    assert f"| 0.110 ± 0.014 ({p_top:.3g}) | -0.005 ± 0.021 (" in text  # isa_no_pe: fg IoU vs isa's
+    assert "beyond the seed noise (p < 0.05) for `isa`;" in text  # not isa_no_pe: its gain is -0.005 ± 0.021
+    assert "lower beyond that noise for `isa_no_pe`" in text and p_top < 0.05
     assert text.count("\n- `") == 3  # the three failed runs, each with its reason
     assert "| 24.50 | 0.1000 | 0.5000 |" in text and "| n/a | 0.1000 | 0.8000 |" in text  # VAE rows
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(report))

@@ -149,10 +149,11 @@ def read_dit_run(folder: Path) -> DiTRun:
     return run
 
 
-def read_pose(path: Path) -> dict[str, float] | None:
+def read_pose(path: Path) -> dict[str, Any] | None:
     """Pose following of one job from its `dit_eval.json` on `POSE_SPLIT`: `fg_iou`, `psnr_fg` of the
-    model, `fg_iou_no_body` of the same sampling with the body dropped, and `body_gain` (their
-    difference: what the body condition adds); None when the job was not evaluated."""
+    model, `fg_iou_no_body` of the same sampling with the body dropped, `body_gain` (their difference:
+    what the body condition adds) and, where the report has them, the per-clip IoUs of the model
+    (`fg_iou_clips`) and gains (`body_gain_clips`); None when the job was not evaluated."""
     if not path.is_file():
         return None
     report = json.loads(path.read_text())
@@ -161,11 +162,16 @@ def read_pose(path: Path) -> dict[str, float] | None:
     no_body = no_body.get(POSE_SPLIT, {})
     if "fg_iou" not in model or "fg_iou" not in no_body:
         return None
+    clips, clips_no_body = model.get("fg_iou_clips", []), no_body.get("fg_iou_clips", [])
     return {
         "fg_iou": model["fg_iou"],
         "psnr_fg": model["psnr_fg"],
         "fg_iou_no_body": no_body["fg_iou"],
         "body_gain": model["fg_iou"] - no_body["fg_iou"],
+        "fg_iou_clips": clips,
+        "body_gain_clips": list(np.subtract(clips, clips_no_body))
+        if len(clips) == len(clips_no_body)
+        else [],
     }
 
 
@@ -256,9 +262,12 @@ def paired_p(a: dict[int, float], b: dict[int, float]) -> float | None:
 def summarize(runs: list[DiTRun]) -> list[dict[str, Any]]:
     """One row per variant: final val/flow_loss mean and sample std (ddof 1) over its completed seeds,
     the lowest value any of its runs reached, parameters, wall time, and the pose following of its
-    evaluated seeds (foreground IoU; body gain with the p-value of a one-sample t-test against 0);
-    ranked by the mean flow loss, failed last."""
-    rows = []
+    evaluated seeds (foreground IoU; body gain with the p-values of a one-sample t-test against 0 of
+    the per-seed gains and of the per-clip gains of every seed), and the p-value of its fg IoU against
+    the variant with the highest one, paired over the (seed, clip) pairs both have; ranked by the mean
+    flow loss, failed last."""
+    rows: list[dict[str, Any]] = []
+    by_clip: dict[str, dict[tuple[int | None, int], float]] = {}  # the fg IoU of each (seed, clip)
     for variant in dict.fromkeys(run.variant for run in runs):
         mine = [run for run in runs if run.variant == variant]
         done = [run for run in mine if run.error is None]
@@ -285,8 +294,22 @@ def summarize(runs: list[DiTRun]) -> list[dict[str, Any]]:
                 "body_gain_mean": float(np.mean(gains)) if gains else None,
                 "body_gain_std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
                 "body_gain_p": one_sample_p(gains),
+                "body_gain_p_clips": one_sample_p([g for p in poses for g in p["body_gain_clips"]]),
             }
         )
+        by_clip[variant] = {
+            (run.seed, clip): iou
+            for run in done
+            if run.pose is not None
+            for clip, iou in enumerate(run.pose["fg_iou_clips"])
+        }
+    evaluated = [row for row in rows if row["fg_iou_mean"] is not None]
+    top = max(evaluated, key=lambda row: row["fg_iou_mean"], default=None)
+    for row in rows:
+        mine, best_clips = by_clip[row["variant"]], by_clip[top["variant"]] if top else {}
+        pairs = sorted(mine.keys() & best_clips.keys()) if row in evaluated and row is not top else []
+        row["fg_iou_vs_top"] = top["variant"] if pairs else None
+        row["fg_iou_p_vs_top"] = one_sample_p([mine[key] - best_clips[key] for key in pairs])
     rows.sort(key=lambda row: (row["final_mean"] is None, row["final_mean"] or 0.0))
     if rows and rows[0]["final_mean"] is not None:
         best = rows[0]
@@ -353,7 +376,7 @@ def dit_table(rows: list[dict[str, Any]]) -> list[str]:
     """The Markdown table of the DiT variants."""
     lines = [
         f"| rank | variant | seeds | steps | final {METRIC} (mean ± std) | Δ vs best | p vs best | p paired "
-        "| best | fg IoU | body gain (p) | parameters | wall time / run |",
+        "| best | fg IoU (p vs top) | body gain (p seeds; p clips) | parameters | wall time / run |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for rank, row in enumerate(rows, 1):
@@ -373,15 +396,23 @@ def dit_table(rows: list[dict[str, Any]]) -> list[str]:
         wall_text = "–" if wall is None else f"{wall / 60:.1f} min ({wall / max(row['steps']):.2f} s/step)"
         parameters = "n/a" if row["parameters"] is None else f"{row['parameters']:,}"
         iou = _mean_std(row.get("fg_iou_mean"), row.get("fg_iou_std"), 3)
+        if row.get("fg_iou_p_vs_top") is not None:
+            iou += f" ({_p(row['fg_iou_p_vs_top'])})"
         gain = _mean_std(row.get("body_gain_mean"), row.get("body_gain_std"), 3, signed=True)
-        if row.get("body_gain_p") is not None:
-            gain += f" ({row['body_gain_p']:.3f})"
+        tests = [_p(row.get(key)) for key in ("body_gain_p", "body_gain_p_clips")]
+        if any(text != "–" for text in tests):
+            gain += f" ({'; '.join(tests)})"
         lines.append(
             f"| {rank if row['final_mean'] is not None else '–'} | `{row['variant']}` | {seeds} | {steps} "
             f"| {final} | {delta} | {p_value} | {p_paired} | {_number(row['best'])} | {iou} | {gain} "
             f"| {parameters} | {wall_text} |"
         )
     return lines
+
+
+def _p(value: float | None) -> str:
+    """A p-value in 3 significant digits (`–`: not testable)."""
+    return "–" if value is None else f"{value:.3g}"
 
 
 def _mean_std(mean: float | None, std: float | None, digits: int, signed: bool = False) -> str:
@@ -397,17 +428,32 @@ def pose_sentence(rows: list[dict[str, Any]]) -> str:
     evaluated = [row for row in rows if row.get("fg_iou")]
     if not evaluated:
         return "No job was evaluated for pose following (no `eval/dit_eval.json`)."
-    above = [
-        row["variant"]
-        for row in evaluated
-        if (row["body_gain_p"] or 1.0) < SIGNIFICANCE and row["body_gain_mean"] > 0
-    ]
-    return (
+
+    def significant(row: dict[str, Any], key: str) -> bool:
+        return (row[key] or 1.0) < SIGNIFICANCE and row["body_gain_mean"] > 0
+
+    above = [row["variant"] for row in evaluated if significant(row, "body_gain_p")]
+    above_clips = [row["variant"] for row in evaluated if significant(row, "body_gain_p_clips")]
+    top = next((row["fg_iou_vs_top"] for row in evaluated if row["fg_iou_vs_top"]), None)
+    below = [row["variant"] for row in evaluated if (row["fg_iou_p_vs_top"] or 1.0) < SIGNIFICANCE]
+    tied = [row["variant"] for row in evaluated if row["fg_iou_vs_top"] and row["variant"] not in below]
+    text = (
         f"Pose following (`isa4d evaluate mode=dit` on the `{POSE_SPLIT}` split): fg IoU of the generated "
         "person mask against the ground truth; body gain: that IoU minus the IoU of the same sampling with "
-        "the body dropped, per seed (p: one-sample t-test of the gains against 0). The body raises the IoU "
-        f"beyond the seed noise (p < {SIGNIFICANCE}) for {_names(above) or 'no variant'}."
+        "the body dropped (same clips and noise). p seeds: one-sample t-test of the per-seed gains against "
+        "0 — the body raises the IoU beyond the seed noise (p < "
+        f"{SIGNIFICANCE}) for {_names(above) or 'no variant'}; p clips: the same test of the per-clip gains "
+        f"of every seed (sampling and clip noise; the seeds pooled) — beyond it for "
+        f"{_names(above_clips) or 'no variant'}."
     )
+    if top:
+        text += (
+            f" fg IoU against the highest (`{top}`), paired over the (seed, clip) pairs both have "
+            "(p vs top): "
+            f"lower beyond that noise for {_names(below) or 'no variant'}; not separated for "
+            f"{_names(tied) or 'no variant'}."
+        )
+    return text
 
 
 def vae_table(vae: dict[str, dict[str, Any]]) -> list[str]:
