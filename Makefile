@@ -161,7 +161,7 @@ ABLATE_DIT = $(VENV)/bin/isa4d train-dit -m experiment=dit_ablate_cpu \
   model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt data.train_dirs=[$(ABLATE_DIR)/latents] \
   $(if $(ABLATE_DIT_STEPS),trainer.max_steps=$(ABLATE_DIT_STEPS)) $(ARGS)
 
-ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~4 h CPU; ABLATE_LANES=2: ~2.5 h)
+ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~3.5 h CPU; ABLATE_SEEDS= ABLATE_LANES=)
 	test -f $(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt || $(ABLATE_VAE) experiment=vae_tiny_cpu hydra.run.dir=$(ABLATE_DIR)/vae_reg
 	test -f $(ABLATE_DIR)/vae_no_reg/checkpoints/last.ckpt || \
 	  $(ABLATE_VAE) experiment=vae_tiny_cpu_no_reg hydra.run.dir=$(ABLATE_DIR)/vae_no_reg
