@@ -159,9 +159,16 @@ def test_sharded_checkpoints_are_checked_before_torch_reads_them(tmp_path):
             with pytest.raises(CheckpointError, match="^" + re.escape(refused)):
                 load(folder)
     assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
-    (evil_metadata / ".metadata").write_bytes(os.urandom(256))
-    with pytest.raises(CheckpointError, match="metadata"):
-        check_sharded_checkpoint(evil_metadata)
+    huge = (2**62).to_bytes(8, "little")  # length fields of damaged files: past memory, past any size
+    for damaged in [
+        os.urandom(256),
+        b"\x80\x04\x8e" + huge,
+        b"\x80\x04\x96" + huge,
+        b"\x80\x04X\xff\xff\xff\x7f",
+    ]:
+        (evil_metadata / ".metadata").write_bytes(damaged)
+        with pytest.raises(CheckpointError, match="metadata"):
+            check_sharded_checkpoint(evil_metadata)
     with pytest.raises(CheckpointError, match="is not a sharded checkpoint folder"):
         check_sharded_checkpoint(tmp_path / "one.ckpt")
     with pytest.raises(MissingFileError, match="does not exist"):

@@ -134,7 +134,18 @@ def check_sharded_checkpoint(folder: str | Path) -> dict[str, Any]:
             metadata = _MetadataUnpickler(file).load()
     except pickle.UnpicklingError as error:
         raise _refused(metadata_path, error) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError):
+    # damaged bytes: a bad opcode or argument, or a length field past any real size (MemoryError,
+    # OverflowError: raised before anything is allocated)
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        OverflowError,
+    ):
         raise CheckpointError(f"{metadata_path} is damaged") from None
     if not isinstance(metadata, Metadata):
         raise CheckpointError(f"{metadata_path} holds a {type(metadata).__name__}, not checkpoint metadata")
