@@ -169,15 +169,15 @@ ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> ex
 	  ckpt_path=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt input_dir=$(DATA_DIR)/shards/synth \
 	  output_dir=$(ABLATE_DIR)/latents control_videos=[normal,body] $(DIT_LATENT_ARGS) && touch $(ABLATE_DIR)/latents/.complete; }
 	status=0; pids=; lanes=$(ABLATE_LANES); threads=$$(( $$(nproc) / lanes )); \
+	lane_run() { export OMP_NUM_THREADS=$$(( threads > 0 ? threads : 1 )); $(ABLATE_DIT) hydra.sweep.dir=$$1 seed=$$2; \
+	  s=$$?; for job in $$1/*/; do test -f $$job/checkpoints/last.ckpt || continue; \
+	    $(VENV)/bin/isa4d evaluate mode=dit ckpt_path=$$job/checkpoints/last.ckpt splits=[video] \
+	      num_clips=$(ABLATE_EVAL_CLIPS) hydra.run.dir=$${job}eval || s=$$?; done; return $$s; }; \
 	for lane in $$(seq 0 $$((lanes - 1))); do \
 	  seeds=$$(tr , '\n' <<< "$(ABLATE_SEEDS)" | awk -v k=$$lane -v n=$$lanes '(NR - 1) % n == k' | paste -sd,); \
 	  test -n "$$seeds" || continue; dir=$(ABLATE_DIR)/dit$$( ((lanes > 1)) && echo _lane$$lane); \
-	  lane_run() { export OMP_NUM_THREADS=$$(( threads > 0 ? threads : 1 )); $(ABLATE_DIT) hydra.sweep.dir=$$dir seed=$$seeds; \
-	    s=$$?; for job in $$dir/*/; do test -f $$job/checkpoints/last.ckpt || continue; \
-	      $(VENV)/bin/isa4d evaluate mode=dit ckpt_path=$$job/checkpoints/last.ckpt splits=[video] \
-	        num_clips=$(ABLATE_EVAL_CLIPS) hydra.run.dir=$${job}eval || s=$$?; done; return $$s; }; \
-	  if ((lanes > 1)); then echo "DiT lane $$lane: seeds $$seeds -> $$dir.log"; lane_run > $$dir.log 2>&1 & pids="$$pids $$!"; \
-	  else lane_run || status=$$?; fi; \
+	  if ((lanes > 1)); then echo "DiT lane $$lane: seeds $$seeds -> $$dir.log"; lane_run $$dir $$seeds > $$dir.log 2>&1 & pids="$$pids $$!"; \
+	  else lane_run $$dir $$seeds || status=$$?; fi; \
 	done; for pid in $$pids; do wait $$pid || status=$$?; done; \
 	$(VENV)/bin/isa4d ablate-report $(ABLATE_DIR) --out $(ABLATE_OUT) && exit $$status
 

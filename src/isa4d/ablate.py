@@ -307,7 +307,7 @@ def summarize(runs: list[DiTRun]) -> list[dict[str, Any]]:
     top = max(evaluated, key=lambda row: row["fg_iou_mean"], default=None)
     for row in rows:
         mine, best_clips = by_clip[row["variant"]], by_clip[top["variant"]] if top else {}
-        pairs = sorted(mine.keys() & best_clips.keys()) if row in evaluated and row is not top else []
+        pairs = sorted(mine.keys() & best_clips.keys()) if row is not top else []
         row["fg_iou_vs_top"] = top["variant"] if pairs else None
         row["fg_iou_p_vs_top"] = one_sample_p([mine[key] - best_clips[key] for key in pairs])
     rows.sort(key=lambda row: (row["final_mean"] is None, row["final_mean"] or 0.0))
