@@ -26,7 +26,7 @@ from isa4d.errors import ISA4DError
 VARIANTS = sorted(path.stem for path in (config_dir() / "variant").glob("*.yaml"))
 SWEEP = ["experiment=dit_ablate_cpu", "model.vae_ckpt=/nowhere/vae.ckpt"]
 STEPS = 4  # fabricated runs: validations after steps 2 and 4
-ISA_PARAMETERS = 3_165_104  # docs/baselines.md, "Sizes"
+ISA_PARAMETERS = 3_165_872  # docs/baselines.md, "Sizes"
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -30,6 +30,7 @@ EXPECTED_CHANGES = {  # what each variant changes in the `isa` network config
     "isa_no_pe": {"use_ispe": False},
     "isa_joint": {"isa_mode": "joint"},
     "isa_xavier": {"isa_init": "xavier"},
+    "isa_no_null": {"isa_null_key": False},
     "controlnet_normal": {**NO_3D, "control": "controlnet", "control_video": "normal"},
     "padaln_pose": {**NO_3D, "control": "padaln", "control_video": "body"},
     "concat_render": {**NO_3D, "control": "concat", "control_video": "body"},

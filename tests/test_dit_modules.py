@@ -234,6 +234,37 @@ def test_isa_window_layout_and_pre_only() -> None:
     assert change[1] > 1e-4 and change[0] < 1e-6
 
 
+@pytest.mark.parametrize("mode", ["cross_pair", "joint"])
+def test_isa_null_key_joins_the_softmax_and_is_all_a_dropped_body_leaves(mode: str) -> None:
+    """`null_key`: the 2-D update equals the explicit formula softmax([q·k_null, q·K₃]/√d)·[v_null; V₃] on
+    the block's own projections (joint: over [null; 3-D; 2-D]), and with every 3-D key masked (a dropped
+    body) each 2-D token's attention output is exactly the null value."""
+    ispe = InterspatialPE(num_bands=4)
+    block = randomize(ISABlock(32, 4, mode=mode, pe_dim=ispe.out_dim, null_key=True), seed=3).eval()
+    assert block.null_kv.shape == (1 if mode == "joint" else 2, 2, 4, 8) and block.null_kv.abs().min() > 0
+    cond, x3, x2, c = _isa_inputs(T=4)  # one latent frame, no padding slots
+    points = rearrange(cond.points, "b p t n c -> b t (p n) c")
+    pe3 = block.pe_proj(ispe.points(points, cond.K, cond.R, cond.t, cond.image_size))
+    with torch.no_grad():
+        qkv3, _ = block.branch3.pre(x3, c, pe3)
+        qkv2, mods2 = block.branch2.pre(x2, c, block.pe_proj(ispe.grid(4, 4)))
+        keys = {name: rearrange(qkv3[name], "b t h m d -> b h (t m) d") for name in "kv"}
+        if mode == "joint":
+            keys = {name: torch.cat([keys[name], qkv2[name][:, 0]], dim=2) for name in "kv"}
+        null_k, null_v = (n[None, :, None] for n in block.null_kv[0])
+        k, v = torch.cat([null_k, keys["k"]], dim=2), torch.cat([null_v, keys["v"]], dim=2)
+        weights = torch.softmax(qkv2["q"][:, 0] @ k.transpose(-1, -2) / math.sqrt(8), dim=-1)
+        expected = block.branch2.post(x2, rearrange(weights @ v, "b h s d -> b 1 s (h d)"), mods2)
+        _, out2 = _isa_run(block, ispe, cond, x3, x2, c)
+        assert torch.allclose(out2, expected, atol=1e-5)
+        if mode == "cross_pair":  # a dropped body: only the null key is left to the 2-D queries
+            no_keys = torch.zeros(1, 16, dtype=torch.bool)
+            _, dropped2 = _isa_run(block, ispe, cond, x3, x2, c, key_mask3=no_keys)
+            only_null = rearrange(null_v.expand(1, 4, 16, 8), "b h s d -> b 1 s (h d)")
+            assert torch.allclose(dropped2, block.branch2.post(x2, only_null, mods2), atol=1e-6)
+            assert (dropped2 - out2).abs().max() > 1e-3
+
+
 # ------------------------------------------------------------------------------------------- persons
 
 

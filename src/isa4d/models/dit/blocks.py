@@ -248,6 +248,12 @@ class ISABlock(nn.Module):
     both token sets' attention inputs. 3-D keys of padded persons, of padding slots (the three empty
     slots of latent frame 0 of a clip) and of samples with `drop_smpl` are masked out.
 
+    With `null_key` (not in the paper) each cross-attention's keys start with one learned key/value pair,
+    "nothing here" (zero at init: a logit of 0, a zero value): a token with no point near it can attend it
+    instead of spreading its softmax over far points, so how much of its attention lands on the other set
+    — whether the body covers it — reaches its update linearly. With every 3-D key masked (a dropped body)
+    a 2-D query attends only it.
+
     Args:
         dim: Hidden size D.
         heads: Attention heads.
@@ -256,6 +262,8 @@ class ISABlock(nn.Module):
         pe_dim: Width of the ISPE encoding, or None to disable ISPE (the `isa_no_pe` ablation).
         pre_only: The 3-D branch only gives keys/values (last layer); its tokens are returned unchanged.
         qk_norm: RMS-normalise queries and keys.
+        null_key: Prepend a learned null key/value to the keys of each cross-attention (one shared by
+            the concatenation in `joint` mode).
     """
 
     MODES = ("cross_pair", "joint")
@@ -269,6 +277,7 @@ class ISABlock(nn.Module):
         pe_dim: int | None = None,
         pre_only: bool = False,
         qk_norm: bool = True,
+        null_key: bool = False,
     ) -> None:
         super().__init__()
         if mode not in self.MODES:
@@ -279,6 +288,10 @@ class ISABlock(nn.Module):
         names2 = "q" if mode == "cross_pair" and pre_only else "qkv"
         self.branch2 = ISABranch(dim, heads, mlp_ratio, qk_norm, names=names2)
         self.pe_proj = nn.Linear(pe_dim, dim) if pe_dim else None
+        # (direction, key/value, heads, head_dim): direction 0 among the 3-D keys (or joint's), 1 among the
+        # 2-D keys (only where 3-D queries read them apart)
+        directions = 1 if mode == "joint" or pre_only else 2
+        self.null_kv = nn.Parameter(torch.zeros(directions, 2, heads, dim // heads)) if null_key else None
         self.attention_backend = "sdpa"
 
     def forward(
@@ -331,19 +344,35 @@ class ISABlock(nn.Module):
             if mask3 is not None:
                 mask = torch.cat([mask3, mask3.new_ones(mask3.shape[0], 1, 1, S)], dim=-1)
             q = qkv2["q"] if self.pre_only else torch.cat([grouped["q"], qkv2["q"]], dim=2)
-            out = attention(q, k, v, mask, self.attention_backend)
+            out = attention(q, *self._with_null(k, v, mask, 0), self.attention_backend)
             out2 = out[:, :, -S:]
             if not self.pre_only:
                 out3 = out[:, :, :L3]
         else:
-            out2 = attention(qkv2["q"], grouped["k"], grouped["v"], mask3, self.attention_backend)
+            keys3 = self._with_null(grouped["k"], grouped["v"], mask3, 0)
+            out2 = attention(qkv2["q"], *keys3, self.attention_backend)
             if not self.pre_only:
-                out3 = attention(grouped["q"], qkv2["k"], qkv2["v"], None, self.attention_backend)
+                keys2 = self._with_null(qkv2["k"], qkv2["v"], None, 1)
+                out3 = attention(grouped["q"], *keys2, self.attention_backend)
         x2 = self.branch2.post(x2, rearrange(out2, "(b n) h s d -> b n s (h d)", b=B), mods2)
         if out3 is not None:
             out3 = rearrange(out3, "(b n) h (f m) d -> b n f m (h d)", b=B, f=frames)
             x3 = self.branch3.post(x3, ungroup_frames(out3, pad), mods3)
         return x3, x2
+
+    def _with_null(
+        self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, direction: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Keys, values (B', H, L, d) and key mask (B', 1, 1, L) or None, with the null key/value of
+        `direction` prepended (always attendable) when the block has them; unchanged otherwise."""
+        if self.null_kv is None:
+            return k, v, mask
+        null_k, null_v = (
+            n.to(k.dtype).expand(k.shape[0], -1, -1)[:, :, None] for n in self.null_kv[direction]
+        )
+        if mask is not None:
+            mask = torch.cat([mask.new_ones(*mask.shape[:-1], 1), mask], dim=-1)
+        return torch.cat([null_k, k], dim=2), torch.cat([null_v, v], dim=2), mask
 
     @torch.no_grad()
     def align_positions(self, pe_gain: float) -> None:

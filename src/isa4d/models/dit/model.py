@@ -61,8 +61,9 @@ ATTENTION_2D = ("factorized", "full")
 ISA_INITS = ("xavier", "aligned")
 """Initialisation of the ISA blocks' projections: DiT's Xavier, or aligned (`ISABlock.align_positions`)."""
 ALIGNED_PE_GAIN = 3.0
-"""`pe_proj` gain of `isa_init="aligned"`: with it a fresh tiny model puts 1.8x the uniform share of its
-rendering attention on the points over each token (1.2x at gain 1, 1.0x with Xavier; docs/dit.md)."""
+"""Default `pe_proj` gain of `isa_init="aligned"` (`aligned_pe_gain`): with it a fresh tiny model puts 1.8x
+the uniform share of its rendering attention on the points over each token (1.2x at gain 1, 1.0x with
+Xavier; docs/dit.md; ×10 trains no better, docs/train_dit.md)."""
 
 
 class ISADiTLayer(nn.Module):
@@ -90,6 +91,7 @@ class ISADiTLayer(nn.Module):
         qk_norm: bool,
         branch_3d: bool = True,
         attention_2d: str = "factorized",
+        isa_null_key: bool = False,
     ) -> None:
         super().__init__()
         if attention_2d not in ATTENTION_2D:
@@ -102,7 +104,9 @@ class ISADiTLayer(nn.Module):
             self.temporal = TemporalBlock(dim, heads, mlp_ratio, qk_norm)
         if branch_3d:
             self.point_temporal = PointTemporalBlock(dim, heads, mlp_ratio, qk_norm)
-            self.isa = ISABlock(dim, heads, mlp_ratio, isa_mode, pe_dim, pre_only=last, qk_norm=qk_norm)
+            self.isa = ISABlock(
+                dim, heads, mlp_ratio, isa_mode, pe_dim, pre_only=last, qk_norm=qk_norm, null_key=isa_null_key
+            )
         else:
             self.isa_2d = SpatialBlock(dim, heads, mlp_ratio, qk_norm)
         self.cross = CrossAttentionBlock(dim, heads, qk_norm)
@@ -178,8 +182,11 @@ class ISADiT(nn.Module):
             dict keys unchanged).
         isa_init: `"xavier"` (DiT's initialisation) or `"aligned"`: every ISA block starts with its 3-D
             key/query projections equal to the 2-D query/key ones and the ISPE projection ×
-            `ALIGNED_PE_GAIN`, so its cross-attentions favour the points over each token from the first
+            `aligned_pe_gain`, so its cross-attentions favour the points over each token from the first
             step (`ISABlock.align_positions`; an initialisation, not in the paper).
+        isa_null_key: Every ISA cross-attention also has a learned null key/value ("nothing here"), so a
+            token with no point over it can attend that instead (`ISABlock`; not in the paper).
+        aligned_pe_gain: The ISPE projection's gain of `isa_init="aligned"` (`ALIGNED_PE_GAIN`).
     """
 
     def __init__(
@@ -211,6 +218,8 @@ class ISADiT(nn.Module):
         point_frames_per_latent: int = FRAMES_PER_LATENT,
         compile: bool = False,
         isa_init: str = "xavier",
+        isa_null_key: bool = False,
+        aligned_pe_gain: float = ALIGNED_PE_GAIN,
     ) -> None:
         super().__init__()
         if isa_init not in ISA_INITS:
@@ -255,6 +264,8 @@ class ISADiT(nn.Module):
             "point_frames_per_latent": point_frames_per_latent,
             "compile": compile,
             "isa_init": isa_init,
+            "isa_null_key": isa_null_key,
+            "aligned_pe_gain": aligned_pe_gain,
         }
         D, C, p = hidden_size, latent_channels, patch_size
         self.latent_channels, self.patch_size, self.hidden_size = C, p, D
@@ -291,6 +302,7 @@ class ISADiT(nn.Module):
                 qk_norm=qk_norm,
                 branch_3d=branch_3d,
                 attention_2d=attention_2d,
+                isa_null_key=isa_null_key,
             )
 
         self.layers = nn.ModuleList([layer(i) for i in range(depth)])
@@ -342,7 +354,7 @@ class ISADiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
         if self.branch_3d and self.config["isa_init"] == "aligned":
             for layer in self.layers:
-                layer.isa.align_positions(ALIGNED_PE_GAIN)
+                layer.isa.align_positions(self.config["aligned_pe_gain"])
         if self.control == "concat":  # weight columns are ordered (p1 p2 c): the control is the last C of c
             p = self.patch_size
             columns = self.x_embedder.proj.weight.view(self.hidden_size, p, p, -1)
