@@ -71,7 +71,7 @@ format: install
 demo: install data ## data -> VAE -> DiT -> experiments/demo/demo.mp4 (tiny configs, CPU; trains what is missing)
 	@test -n "$$($(NEWEST_VAE))" || $(MAKE) --no-print-directory train-vae ARGS=
 	@test -n "$$($(NEWEST_DIT))" || $(MAKE) --no-print-directory train-dit ARGS=
-	$(VENV)/bin/isa4d generate ckpt_path=$$($(NEWEST_DIT)) output=$(DEMO_OUT) $(ARGS)
+	$(VENV)/bin/isa4d generate ckpt_path=$$($(NEWEST_DIT)) output=$(DEMO_OUT) $(DEMO_SCENE) $(ARGS)
 	@echo "Demo video: $(DEMO_OUT)"
 
 # Run folders (conf/paths: ISA4D_LOGS overrides ./logs); the newest checkpoint of each stage, looked up
@@ -80,6 +80,9 @@ LOG_DIR := $(or $(ISA4D_LOGS),logs)
 NEWEST_VAE = ls -t $(LOG_DIR)/train_vae/runs/*/checkpoints/last.ckpt 2>/dev/null | head -1
 NEWEST_DIT = ls -t $(LOG_DIR)/train_dit/runs/*/checkpoints/last.ckpt 2>/dev/null | head -1
 DEMO_OUT ?= experiments/demo/demo.mp4
+# The demo's walk is generated in the reference clip's own scene (its static camera and background video, as
+# in training); DEMO_SCENE= (or ARGS="camera=orbit background=null") asks for a new camera and no background.
+DEMO_SCENE ?= camera=clip background=clip
 
 # Datasets (paths as in conf/paths: ISA4D_DATA overrides ./data). Each is built once; a `.complete`
 # stamp written after success makes reruns no-ops, and an interrupted build starts over.
@@ -161,7 +164,7 @@ ABLATE_DIT = $(VENV)/bin/isa4d train-dit -m experiment=dit_ablate_cpu \
   model.vae_ckpt=$(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt data.train_dirs=[$(ABLATE_DIR)/latents] \
   $(if $(ABLATE_DIT_STEPS),trainer.max_steps=$(ABLATE_DIT_STEPS)) $(ARGS)
 
-ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~3.5 h CPU; ABLATE_SEEDS= ABLATE_LANES=)
+ablate: install data ## VAE reg/no-reg + DiT variants x seeds, equal steps -> experiments/ablation/ (~4 h CPU; ABLATE_SEEDS= ABLATE_LANES=)
 	test -f $(ABLATE_DIR)/vae_reg/checkpoints/last.ckpt || $(ABLATE_VAE) experiment=vae_tiny_cpu hydra.run.dir=$(ABLATE_DIR)/vae_reg
 	test -f $(ABLATE_DIR)/vae_no_reg/checkpoints/last.ckpt || \
 	  $(ABLATE_VAE) experiment=vae_tiny_cpu_no_reg hydra.run.dir=$(ABLATE_DIR)/vae_no_reg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import webdataset as wds
 from omegaconf import open_dict
 
@@ -13,7 +14,7 @@ from isa4d.data import decode_sample, encode_video, shard_paths
 from isa4d.data.format import npz_bytes
 from isa4d.data.video_io import read_video
 from isa4d.errors import ConfigError
-from isa4d.generate import clip_frames, generate
+from isa4d.generate import build_batch, clip_frames, generate
 
 __all__ = ["dit_ckpt", "human_shards", "vae_ckpt"]  # fixtures
 
@@ -77,6 +78,29 @@ def test_generate_from_files_with_background_and_blending(tmp_path, human_shards
     assert read_video(summary["output"]).shape == (6, SIZE, SIZE, 3) and "overlay" not in summary
 
 
+def test_clip_scene_equals_the_sample_files(tmp_path, human_shards):
+    """`camera=clip background=clip` gives the batch that the reference sample's own `camera.npz` and
+    `background.mp4`, written to files, give (cameras sliced to the frames, intrinsics scaled, background
+    decoded, resized and cropped alike), and differs from the default orbit without background."""
+    raw = next(iter(wds.WebDataset([str(p) for p in shard_paths(human_shards, "video")], shardshuffle=False)))
+    (tmp_path / "camera.npz").write_bytes(raw["camera.npz"])
+    (tmp_path / "background.mp4").write_bytes(raw["background.mp4"])
+    files = {"camera": str(tmp_path / "camera.npz"), "background": str(tmp_path / "background.mp4")}
+    batches = {}
+    for name, options in {"clip": {"camera": "clip", "background": "clip"}, "files": files}.items():
+        cfg = config(tmp_path, human_shards, tmp_path / "unused.ckpt", num_frames=6, motion="walk", **options)
+        batches[name], _ = build_batch(cfg, (SIZE, SIZE))
+    clip, files = batches["clip"], batches["files"]
+    camera = decode_sample(raw).camera
+    assert clip["R"].shape == (1, 9, 3, 3) and torch.equal(clip["R"][0], torch.from_numpy(camera.R[:9]))
+    for key in ("K", "R", "t", "background"):
+        assert torch.equal(clip[key], files[key]), key
+    assert clip["background"].shape == (1, 3, 9, SIZE, SIZE) and bool(clip["has_background"])
+    default = config(tmp_path, human_shards, tmp_path / "unused.ckpt", num_frames=6)
+    orbit, _ = build_batch(default, (SIZE, SIZE))
+    assert "background" not in orbit and not torch.allclose(orbit["R"], clip["R"])
+
+
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
@@ -87,6 +111,7 @@ def test_generate_from_files_with_background_and_blending(tmp_path, human_shards
         ({"motion": "nowhere.npz"}, FileNotFoundError, "motion=nowhere.npz"),
         ({"camera": "crane"}, ValueError, "preset .*orbit"),
         ({"background": "nowhere.mp4"}, FileNotFoundError, "background=nowhere.mp4"),
+        ({"camera": "clip", "reference": {"image": "x.png"}}, ConfigError, "reference.image is given"),
         ({"window_frames": 10}, ValueError, "multiples of 4"),
         ({"uncond_drops": ["body"]}, ConfigError, r"uncond_drops=\['body'\]: expected a non-empty list"),
         ({"reference": {"image": "nowhere.png"}}, FileNotFoundError, "reference.image=nowhere.png"),

@@ -3,10 +3,11 @@
 Inputs (conf/generate.yaml, docs/generate.md): an ISA-DiT checkpoint; a reference image with its SMPL
 and camera (files, or a sample of a shard folder); an SMPL motion (`.npz` in the shard format, or a
 bundled mocap clip retargeted on the fly); a camera trajectory (a preset placed around the reference
-view, or a camera `.npz`); optionally a background video. Every option, input file and the output path
-are checked before the model is loaded (errors: `isa4d.errors`, each naming its key). Any number of
-frames: the latent video is sampled in windows (`sample_long`: clean prefix or overlap-and-blend), decoded
-by the frozen VAE, and written as an mp4 through a temporary file.
+view, a camera `.npz`, or `clip`: the cameras of the reference's shard sample); optionally a background
+video (a file, or `clip`: the reference sample's, the scene the model trained in). Every option, input
+file and the output path are checked before the model is loaded (errors: `isa4d.errors`, each naming its
+key). Any number of frames: the latent video is sampled in windows (`sample_long`: clean prefix or
+overlap-and-blend), decoded by the frozen VAE, and written as an mp4 through a temporary file.
 
     isa4d generate ckpt_path=logs/train_dit/runs/<run>/checkpoints/last.ckpt motion=walk camera=orbit
 """
@@ -30,7 +31,15 @@ from isa4d.callbacks.dit import draw_points, to_device
 from isa4d.config import check_output_file, option, option_subset, require_file
 from isa4d.data.augment import ClipAugment
 from isa4d.data.datamodules import reference_tensors, rgb_tensor
-from isa4d.data.format import Cameras, Reference, SMPLParams, decode_camera, decode_sample, decode_smpl
+from isa4d.data.format import (
+    Cameras,
+    Clip,
+    Reference,
+    SMPLParams,
+    decode_camera,
+    decode_sample,
+    decode_smpl,
+)
 from isa4d.data.mocap import augment_motion, list_clips, retarget_clip
 from isa4d.data.shards import MANIFEST, read_manifest, shard_paths
 from isa4d.data.video_io import encode_video, read_video
@@ -44,6 +53,8 @@ from isa4d.utils.files import atomic_write
 log = logging.getLogger(__name__)
 
 Size = tuple[int, int]
+CLIP = "clip"
+"""`camera` / `background` value: the cameras / background video of the reference's shard sample."""
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -89,16 +100,23 @@ def check_options(cfg: DictConfig) -> Size:
     require_file(cfg.ckpt_path, "ckpt_path")
     if cfg.vae_ckpt_path:
         require_file(cfg.vae_ckpt_path, "vae_ckpt_path")
-    if cfg.background:
+    if cfg.background and cfg.background != CLIP:
         require_file(cfg.background, "background")
+    if CLIP in (cfg.camera, cfg.background) and cfg.reference.image:
+        raise ConfigError(
+            f"camera={cfg.camera} background={cfg.background}: {CLIP!r} takes the scene of the reference's "
+            "shard sample, but reference.image is given: use a camera preset or .npz and a background file"
+        )
     check_output_file(cfg.output, "output", (".mp4",))
     return size
 
 
-def load_reference(spec: DictConfig) -> tuple[str, Reference]:
+def load_reference(spec: DictConfig) -> tuple[str, Reference, Clip | None]:
     """The reference frame: `spec.image` with its `smpl`/`camera` npz (default `ref_smpl.npz` /
     `ref_camera.npz` beside the image), or the reference of sample `spec.key` (None: the first) of
-    split `spec.split` of the shard folder `spec.shards`. Returns a name for logs and the reference."""
+    split `spec.split` of the shard folder `spec.shards`. Returns a name for logs, the reference and its
+    shard sample (None for an image)."""
+    clip = None
     if spec.image:
         image_path = require_file(spec.image, "reference.image")
         smpl = require_file(spec.smpl or image_path.parent / "ref_smpl.npz", "reference.smpl")
@@ -130,7 +148,7 @@ def load_reference(spec: DictConfig) -> tuple[str, Reference]:
         reference, name = clip.reference, clip.key
     if reference.smpl.global_orient.shape[1] != 1 or reference.camera.K.shape[0] != 1:
         raise DataError(f"reference {name}: the reference SMPL and camera must hold exactly one frame")
-    return name, reference
+    return name, reference, clip
 
 
 def _yaw(global_orient: np.ndarray) -> float:
@@ -184,8 +202,25 @@ def scaled_intrinsics(K: np.ndarray, src_size: Size, resolution: Size) -> torch.
     return plan.intrinsics(torch.from_numpy(K).double()).float()
 
 
+def _fixed_cameras(
+    cameras: Cameras, label: str, num_frames: int, resolution: Size
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first `num_frames` cameras of `cameras` (1 frame: held), intrinsics scaled to `resolution`."""
+    frames = cameras.K.shape[0]
+    if frames != 1 and frames < num_frames:
+        raise ConfigError(f"{label} has {frames} frames; 1 or >= {num_frames} are needed")
+    index = np.minimum(np.arange(num_frames), frames - 1)
+    K = scaled_intrinsics(cameras.K[index], tuple(cameras.image_size), resolution)
+    return K, torch.from_numpy(cameras.R[index]), torch.from_numpy(cameras.t[index])
+
+
 def load_cameras(
-    camera: str, sweep_deg: float, num_frames: int, reference: Reference, resolution: Size
+    camera: str,
+    sweep_deg: float,
+    num_frames: int,
+    reference: Reference,
+    resolution: Size,
+    clip: Clip | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-frame `K (T, 3, 3)`, `R (T, 3, 3)`, `t (T, 3)` for `resolution` images.
 
@@ -193,18 +228,20 @@ def load_cameras(
     camera itself; the others look at the reference persons' pelvis centre from the reference camera's
     distance, azimuth and elevation (`orbit` turns `sweep_deg`, `dolly` moves to 0.7x the distance,
     `pan` turns `sweep_deg` in place, `handheld` shakes). A `.npz` (shard `Cameras`, 1 or >= T frames)
-    is used as it is. The intrinsics are the reference's (presets) or the file's, scaled to `resolution`.
+    and `clip` (the cameras of the reference's shard sample `clip`) are used as they are. The intrinsics
+    are the reference's (presets) or the file's / sample's, scaled to `resolution`.
     """
     if str(camera).endswith(".npz"):
         cameras = decode_camera(require_file(camera, "camera").read_bytes())
-        frames = cameras.K.shape[0]
-        if frames not in (1,) and frames < num_frames:
-            raise ConfigError(f"camera={camera} has {frames} frames; 1 or >= {num_frames} are needed")
-        index = np.minimum(np.arange(num_frames), frames - 1)
-        K = scaled_intrinsics(cameras.K[index], tuple(cameras.image_size), resolution)
-        return K, torch.from_numpy(cameras.R[index]), torch.from_numpy(cameras.t[index])
+        return _fixed_cameras(cameras, f"camera={camera}", num_frames, resolution)
+    if camera == CLIP:
+        if clip is None:
+            raise ConfigError(f"camera={CLIP}: the reference is not a shard sample")
+        return _fixed_cameras(clip.camera, f"camera={CLIP} (sample {clip.key})", num_frames, resolution)
     if camera not in TRAJECTORIES:
-        raise ConfigError(f"camera={camera!r} is neither a .npz file nor a preset {sorted(TRAJECTORIES)}")
+        raise ConfigError(
+            f"camera={camera!r} is neither a .npz file, {CLIP!r} nor a preset {sorted(TRAJECTORIES)}"
+        )
     ref_camera: Cameras = reference.camera
     K = scaled_intrinsics(ref_camera.K, tuple(ref_camera.image_size), resolution).expand(num_frames, 3, 3)
     R0, t0 = torch.from_numpy(ref_camera.R[0]).double(), torch.from_numpy(ref_camera.t[0]).double()
@@ -232,9 +269,16 @@ def load_cameras(
     return K, R.float(), t.float()
 
 
-def load_background(path: str, num_frames: int, resolution: Size) -> torch.Tensor:
-    """Background video `(3, T, H, W)` in [-1, 1]: its first `num_frames` frames, resized and cropped."""
-    frames = read_video(path)
+def load_background(path: str, num_frames: int, resolution: Size, clip: Clip | None = None) -> torch.Tensor:
+    """Background video `(3, T, H, W)` in [-1, 1]: its first `num_frames` frames, resized and cropped. `path`
+    is a video file or `clip`: the background video of the reference's shard sample `clip`."""
+    if path == CLIP:
+        if clip is None or clip.background is None:
+            what = "the reference is not a shard sample" if clip is None else f"sample {clip.key} has none"
+            raise ConfigError(f"background={CLIP}: {what}")
+        frames = clip.background
+    else:
+        frames = read_video(path)
     if len(frames) < num_frames:
         raise ConfigError(f"background={path} has {len(frames)} frames; {num_frames} are needed")
     plan = ClipAugment.off().plan(
@@ -247,9 +291,9 @@ def build_batch(cfg: DictConfig, resolution: Size) -> tuple[dict[str, Any], str]
     """Read and check every input (no model needed): a one-sample batch in the `HumanVideoDataModule`
     layout (without `video`) for `clip_frames(num_frames)` frames, and the reference's name."""
     frames = clip_frames(int(cfg.num_frames))
-    name, reference = load_reference(cfg.reference)
+    name, reference, clip = load_reference(cfg.reference)
     smpl = load_motion(str(cfg.motion), float(cfg.fps), frames, reference)
-    K, R, t = load_cameras(str(cfg.camera), float(cfg.camera_sweep_deg), frames, reference, resolution)
+    K, R, t = load_cameras(str(cfg.camera), float(cfg.camera_sweep_deg), frames, reference, resolution, clip)
     persons = smpl.num_persons
     ref = reference_tensors(reference, resolution, persons)
     sample: dict[str, Any] = {
@@ -265,7 +309,7 @@ def build_batch(cfg: DictConfig, resolution: Size) -> tuple[dict[str, Any], str]
         **ref,
     }
     if cfg.background:
-        sample["background"] = load_background(str(cfg.background), frames, resolution)
+        sample["background"] = load_background(str(cfg.background), frames, resolution, clip)
         sample["has_background"] = torch.tensor(True)
     return _batched(sample), name
 
