@@ -90,11 +90,11 @@ def test_clip_scene_equals_the_sample_files(tmp_path, human_shards):
     for name, options in {"clip": {"camera": "clip", "background": "clip"}, "files": files}.items():
         cfg = config(tmp_path, human_shards, tmp_path / "unused.ckpt", num_frames=6, motion="walk", **options)
         batches[name], _ = build_batch(cfg, (SIZE, SIZE))
-    clip, files = batches["clip"], batches["files"]
+    clip, from_files = batches["clip"], batches["files"]
     camera = decode_sample(raw).camera
     assert clip["R"].shape == (1, 9, 3, 3) and torch.equal(clip["R"][0], torch.from_numpy(camera.R[:9]))
     for key in ("K", "R", "t", "background"):
-        assert torch.equal(clip[key], files[key]), key
+        assert torch.equal(clip[key], from_files[key]), key
     assert clip["background"].shape == (1, 3, 9, SIZE, SIZE) and bool(clip["has_background"])
     default = config(tmp_path, human_shards, tmp_path / "unused.ckpt", num_frames=6)
     orbit, _ = build_batch(default, (SIZE, SIZE))
