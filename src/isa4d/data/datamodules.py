@@ -296,29 +296,24 @@ def reference_tensors(reference: Reference, resolution: Size, max_persons: int) 
 
 
 class StreamLoader(DataLoader):
-    """The training DataLoader: before every pass it tells its :class:`~isa4d.data.pipeline.SeededStream`
-    the epoch (Lightning tells only samplers), and on its first pass after a resume the batches to skip.
+    """The training DataLoader: before every pass it asks `next_pass` for its
+    :class:`~isa4d.data.pipeline.SeededStream`'s epoch (Lightning tells only samplers) and the batches to
+    skip (the first pass after a resume).
 
     Args:
         dataset: the training stream.
-        current_epoch: the epoch of the next pass (the trainer's).
-        resume: `(epoch, batches consumed)` where a checkpoint left the stream, or None.
+        next_pass: `() -> (epoch, batches to skip)` of the next pass.
         **kwargs: as `DataLoader`.
     """
 
     def __init__(
-        self,
-        dataset: SeededStream,
-        current_epoch: Callable[[], int],
-        resume: tuple[int, int] | None = None,
-        **kwargs: Any,
+        self, dataset: SeededStream, next_pass: Callable[[], tuple[int, int]], **kwargs: Any
     ) -> None:
         super().__init__(dataset, **kwargs)
-        self.current_epoch, self.resume = current_epoch, resume
+        self.next_pass = next_pass
 
     def __iter__(self) -> Any:
-        self.dataset.epoch, self.dataset.skip = self.resume or (self.current_epoch(), 0)
-        self.resume = None
+        self.dataset.epoch, self.dataset.skip = self.next_pass()
         return super().__iter__()
 
 
@@ -416,7 +411,7 @@ class ShardDataModule(L.LightningDataModule):
         """Skipped-sample counters of the training and validation streams (summed over workers)."""
         self.verify_checksums = verify_checksums
         self._sources: dict[str, list[list[str]]] = {}
-        self._resume: tuple[int, int] | None = None
+        self._start_stream()
 
     def decoder(self, train: bool) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """Raw sample -> decoded sample, for the training (augmented) or the validation stream."""
@@ -436,6 +431,8 @@ class ShardDataModule(L.LightningDataModule):
         """Read the manifests of the folders the stage needs (errors name `make data` if there are none)
         and, with `verify_checksums`, check their shards."""
         roles = ["val"] if stage == "validate" else ["train", "val"] if stage in (None, "fit") else []
+        if "train" in roles:  # a new run (load_state_dict then moves it to where a checkpoint left off)
+            self._start_stream()
         for role in roles:
             self._sources[role] = resolve_sources(
                 self.dirs[role], self.splits[role], role, verify=self.verify_checksums
@@ -477,24 +474,31 @@ class ShardDataModule(L.LightningDataModule):
             weights=self.train_weights,
             partial_batches=False,
         )
-        resume, self._resume = self._resume, None  # where a checkpoint left the stream: for this loader
         # The batches this rank yields per epoch, as `len()`: Lightning's epoch length and progress bar.
         return self._loader(
-            dataset.with_length(self.batches_per_epoch()),
-            StreamLoader,
-            current_epoch=self._epoch,
-            resume=resume,
+            dataset.with_length(self.batches_per_epoch()), StreamLoader, next_pass=self._next_pass
         )
 
     def batches_per_epoch(self) -> int:
         """Training batches of this rank per epoch (`len()` of its loader): those of all its workers."""
         return self.batches_per_stream() * max(1, self.num_workers)
 
-    def _epoch(self) -> int:
-        """The trainer's epoch; 0 without a trainer or when overfitting (the same batches every epoch)."""
-        if self.trainer is None or self.trainer.overfit_batches:
-            return 0
-        return self.trainer.current_epoch
+    def _start_stream(self, epoch: int = 0, skip: int = 0) -> None:
+        """The next training pass is the stream's `epoch`, leaving out its first `skip` batches."""
+        self._epoch, self._skip, self._started = epoch, skip, False
+
+    def _next_pass(self) -> tuple[int, int]:
+        """(epoch, batches to skip) of the next training pass. The stream counts its own passes, one epoch
+        each, from 0 or from where a checkpoint left it (skipping the batches consumed in that epoch), and
+        stays at epoch 0 when overfitting (the same batches every epoch). It does not follow the trainer's
+        epoch: a run resumed from a checkpoint written after an epoch's last batch runs that epoch again in
+        Lightning, under its number or the next one (tests/test_resume.py)."""
+        overfit = self.trainer is not None and self.trainer.overfit_batches
+        if self._started and not overfit:
+            self._epoch += 1
+        self._started = True
+        skip, self._skip = self._skip, 0
+        return (0 if overfit else self._epoch), skip
 
     def _stream_settings(self) -> dict[str, int]:
         """What the training streams depend on besides the epoch: they continue exactly only if unchanged."""
@@ -512,11 +516,11 @@ class ShardDataModule(L.LightningDataModule):
         if self.trainer is None:
             return {}
         consumed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self._epoch(), "batches": consumed, **self._stream_settings()}
+        return {"epoch": self._epoch, "batches": consumed, **self._stream_settings()}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Resume the training stream where a checkpoint left it: the next `train_dataloader()` starts its
-        first pass at that epoch and skips the batches already consumed (decoding them again)."""
+        """Resume the training stream where a checkpoint left it: the next training pass starts at that epoch
+        and skips the batches already consumed (decoding them again)."""
         changed = [
             f"{name} {state_dict.get(name)} -> {value}"
             for name, value in self._stream_settings().items()
@@ -531,7 +535,7 @@ class ShardDataModule(L.LightningDataModule):
         epoch, batches = state_dict["epoch"], state_dict["batches"]
         if batches >= state_dict["batches_per_epoch"]:  # saved at the end of an epoch
             epoch, batches = epoch + 1, 0
-        self._resume = (epoch, batches)
+        self._start_stream(epoch, batches)
         # Lightning looks for resumable loaders only, and would call this stream not resumable.
         warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch")
 
