@@ -189,7 +189,7 @@ COMMON = [
     f"data.resolution={SIZE}",
     "data.batch_size=1",
 ]
-KILLED_AFTER = 2  # batches
+BATCHES, KILLED_AFTER = 4, 2
 
 
 def stage_overrides(stage: str, shards: Path, vae: Path, epoch_size: int = 3) -> tuple[str, list[str], int]:
@@ -272,12 +272,11 @@ def run_and_kill(
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["vae", "dit"])
 def test_a_killed_run_resumes_exactly(stage, tmp_path, human_shards, vae_ckpt):
-    batches = 4
     name, overrides, steps_per_batch = stage_overrides(stage, human_shards, vae_ckpt)
-    overrides += [f"trainer.max_steps={batches * steps_per_batch}"]
+    overrides += [f"trainer.max_steps={BATCHES * steps_per_batch}"]
     overrides += [f"callbacks.model_checkpoint.every_n_train_steps={steps_per_batch}"]  # every batch
     uninterrupted = run_in_process(name, overrides, tmp_path / "a")
-    assert len(uninterrupted) == batches
+    assert len(uninterrupted) == BATCHES
 
     killed = run_and_kill(name, overrides, tmp_path / "b", step=KILLED_AFTER * steps_per_batch)
     last = killed / "checkpoints" / "last.ckpt"
@@ -288,7 +287,7 @@ def test_a_killed_run_resumes_exactly(stage, tmp_path, human_shards, vae_ckpt):
         assert loss == pytest.approx(uninterrupted[step], rel=1e-6, abs=0), step
 
     after = run_in_process(name, overrides, tmp_path / "c", ckpt_path=last)
-    assert sorted(after) == list(range(KILLED_AFTER, batches))
+    assert sorted(after) == list(range(KILLED_AFTER, BATCHES))
     for step, loss in after.items():
         assert loss == pytest.approx(uninterrupted[step], rel=1e-6, abs=0), step
 
@@ -314,8 +313,8 @@ def test_a_run_killed_twice_at_epoch_ends_resumes_exactly(tmp_path, human_shards
 @pytest.mark.slow
 def test_two_runs_with_the_same_seed_log_the_same_losses(tmp_path, human_shards, vae_ckpt):
     name, overrides, steps_per_batch = stage_overrides("dit", human_shards, vae_ckpt)
-    overrides += ["trainer.max_steps=4"]
+    overrides += [f"trainer.max_steps={BATCHES}"]
     first, second = (run_in_process(name, overrides, tmp_path / run) for run in ("a", "b"))
-    assert len(first) == 4 and first == second
+    assert len(first) == BATCHES and first == second
     other = run_in_process(name, [*overrides, "seed=7"], tmp_path / "c")
     assert all(other[step] != first[step] for step in first)
